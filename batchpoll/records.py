@@ -1,0 +1,110 @@
+"""What one poll can tell us (an ``Outcome``) and what one id ends as (a ``Record``).
+
+``client`` turns every HTTP answer or failure into exactly one ``Outcome``; ``engine`` turns a
+sequence of outcomes into exactly one ``Record`` per distinct id.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Final
+
+import orjson
+
+#: Statuses the API reports that end an id.
+TERMINAL_STATUSES: Final = frozenset(
+    {"completed", "needs_clarification", "needs_agent_clarification", "cancelled", "failed"}
+)
+IN_PROGRESS: Final = "in_progress"
+#: Statuses batchpoll itself gives an id.
+POLLER_STATUSES: Final = frozenset({"timed_out", "not_found", "rejected", "error", "invalid_input"})
+ALL_STATUSES: Final = TERMINAL_STATUSES | POLLER_STATUSES
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A readable 200 body; ``status`` may be in progress, terminal or unknown."""
+
+    status: str
+    mode: str | None
+    session_id: int | None
+    result: Any
+    error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """HTTP 400: the API named what is wrong with the id."""
+
+    messages: str
+
+
+@dataclass(frozen=True, slots=True)
+class NotFound:
+    """HTTP 404."""
+
+
+@dataclass(frozen=True, slots=True)
+class Throttled:
+    """HTTP 429 (or 503 with Retry-After); ``retry_after`` in seconds when the server said."""
+
+    retry_after: float | None
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Transient:
+    """A failure worth retrying: 5xx, network trouble, an unreadable body."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Broken:
+    """A failure that retrying cannot mend; the id ends as ``error`` at once."""
+
+    reason: str
+
+
+Outcome = Answer | Rejected | NotFound | Throttled | Transient | Broken
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Record:
+    """The one line written for one distinct input id.
+
+    The first six fields are the contract's keys (API values as last returned); the rest are
+    batchpoll's own facts: polls made, wall-clock times of the first and last poll (ISO 8601 UTC,
+    ``None`` when never polled), seconds from first to last poll, and the last API status seen.
+    """
+
+    progress_id: str
+    status: str
+    mode: str | None = None
+    session_id: int | None = None
+    result: Any = None
+    error: str | None = None
+    polls: int = 0
+    first_poll_at: str | None = None
+    last_poll_at: str | None = None
+    elapsed_s: float | None = None
+    last_api_status: str | None = None
+
+    def to_json_line(self) -> bytes:
+        """One JSON object and a newline, as written to the sink."""
+        return orjson.dumps(
+            {
+                "progress_id": self.progress_id,
+                "status": self.status,
+                "mode": self.mode,
+                "session_id": self.session_id,
+                "result": self.result,
+                "error": self.error,
+                "polls": self.polls,
+                "first_poll_at": self.first_poll_at,
+                "last_poll_at": self.last_poll_at,
+                "elapsed_s": self.elapsed_s,
+                "last_api_status": self.last_api_status,
+            },
+            option=orjson.OPT_APPEND_NEWLINE,
+        )
