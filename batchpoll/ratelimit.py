@@ -1,0 +1,76 @@
+"""A request-rate limiter that books send times instead of sleeping (pure; time is passed in)."""
+
+from __future__ import annotations
+
+import math
+
+
+class Gcra:
+    """Generic Cell Rate Algorithm, "virtual scheduling" form (ATM Forum TM 4.0; the algorithm
+    aiometer and redis-cell use).
+
+    Guarantees: with each request sent at ``now + reserve(now)`` for nondecreasing ``now``, any
+    window of ``t`` seconds holds at most ``rate * t + burst`` sends. A fresh limiter, or one
+    idle long enough, lets ``burst`` requests go at once (not ``rate`` of them, the usual
+    burst-at-start complaint about asyncio limiters), then one every ``1 / rate`` seconds.
+    Idle time frees capacity back up to ``burst``, never beyond.
+    """
+
+    __slots__ = ("_burst", "_interval", "_rate", "_tat")
+
+    def __init__(self, rate: float, burst: int = 1) -> None:
+        """``rate`` in requests per second (finite, > 0); ``burst`` requests (>= 1)."""
+        if burst < 1:
+            raise ValueError(f"burst must be >= 1, got {burst}")
+        self._burst = burst
+        self._rate = self._interval = 0.0
+        self.set_rate(rate)
+        # GCRA "virtual scheduling": tat is the theoretical arrival time of the next request,
+        # i.e. when it would be due if requests went exactly one interval apart. -inf: no
+        # request yet (0.0 would make a clock that reads negative wait).
+        self._tat = -math.inf
+
+    @property
+    def rate(self) -> float:
+        """Requests per second."""
+        return self._rate
+
+    @property
+    def burst(self) -> int:
+        """Requests allowed back to back."""
+        return self._burst
+
+    def set_rate(self, rate: float) -> None:
+        """Change the rate (requests per second) from the next booking on.
+
+        Bookings already made keep their times; later ones are spaced ``1 / rate`` seconds apart
+        after them, so a change never pulls an already-booked request earlier.
+        """
+        if not (math.isfinite(rate) and rate > 0):
+            raise ValueError(f"rate must be a finite number > 0, got {rate}")
+        self._rate, self._interval = rate, 1.0 / rate
+
+    def _tolerance(self) -> float:
+        # tau: how far ahead of its theoretical arrival time a request may go; (burst - 1)
+        # intervals is exactly what lets `burst` requests through back to back.
+        return (self._burst - 1) * self._interval
+
+    def wait_time(self, now: float) -> float:
+        """Seconds from ``now`` until one request would conform; 0.0 if it conforms now.
+
+        Books nothing.
+        """
+        return max(0.0, self._tat - self._tolerance() - now)
+
+    def reserve(self, now: float) -> float:
+        """Book one request at ``now`` (seconds); return how long to wait before sending it (>= 0).
+
+        The request counts as sent at ``now + wait``; the caller does the waiting.
+        """
+        tat = max(self._tat, now)
+        wait = max(0.0, tat - self._tolerance() - now)
+        self._tat = tat + self._interval
+        return wait
+
+    def __repr__(self) -> str:
+        return f"Gcra(rate={self._rate!r}, burst={self._burst!r}, tat={self._tat!r})"

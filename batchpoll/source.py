@@ -1,0 +1,189 @@
+"""Input lines -> progress ids, streamed: one id per line, or a JSON object with a ``progress_id``.
+
+The byte stream is cut into lines by ``LineSplitter``; ``Deduper`` numbers and parses them with
+``parse_line`` and lets each distinct id through once. ``iter_items`` and ``aiter_items`` only wire
+the two to a sync or an async chunk source, so memory stays at one chunk plus one partial line
+(plus the set of ids seen, which de-duplication needs).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Final
+
+import orjson
+
+MAX_ID_CHARS: Final = 256
+#: A line longer than this (in bytes, before trimming) is invalid whatever it holds; it bounds the
+#: memory a newline-free input (a binary file given by mistake) can take.
+MAX_LINE_BYTES: Final = 1 << 20
+_MAX_TEXT_CHARS: Final = 300
+_BOM: Final = b"\xef\xbb\xbf"
+
+
+@dataclass(frozen=True, slots=True)
+class InvalidInput:
+    """A line that names no valid id: its trimmed text (at most 300 characters), why, and where."""
+
+    text: str
+    reason: str
+    line_no: int
+
+
+#: A valid progress id is a plain ``str``.
+Item = str | InvalidInput
+
+
+def parse_line(raw: bytes, line_no: int) -> Item | None:
+    """One input line (bytes, newline removed or not) -> an id, an InvalidInput, or None.
+
+    None means a blank line or a ``#`` comment (judged after trimming, even if not valid UTF-8).
+    ``line_no`` is 1-based and only copied into an InvalidInput.
+    """
+    if len(raw) > MAX_LINE_BYTES:
+        text = raw[: _MAX_TEXT_CHARS * 4].decode("utf-8", errors="replace").strip()
+        return _invalid(text, f"line longer than {MAX_LINE_BYTES} bytes", line_no)
+    try:
+        text = raw.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        text = raw.decode("utf-8", errors="replace").strip()
+        return None if _skipped(text) else _invalid(text, "line is not valid UTF-8", line_no)
+    if _skipped(text):
+        return None
+    pid, reason = _json_id(text) if text.startswith("{") else (text, _id_problem(text))
+    return pid if reason is None else _invalid(text, reason, line_no)
+
+
+def _skipped(text: str) -> bool:
+    return not text or text.startswith("#")
+
+
+def _json_id(text: str) -> tuple[str, str | None]:
+    """The id a JSON line names and None, or ``("", why it names no valid id)``."""
+    try:
+        doc = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return "", "line is not valid JSON"
+    if not isinstance(doc, dict) or "progress_id" not in doc:
+        return "", "JSON line without a string progress_id"
+    pid = doc["progress_id"]
+    if not isinstance(pid, str):
+        return "", "progress_id must be a string"
+    # A JSON value is checked as it stands, not trimmed: quotes make its whitespace deliberate.
+    return pid, _id_problem(pid)
+
+
+def _id_problem(pid: str) -> str | None:
+    """Why ``pid`` is not a valid id (1-256 printable characters, no whitespace), or None."""
+    if not pid:
+        return "empty id"
+    if len(pid) > MAX_ID_CHARS:
+        return f"id longer than {MAX_ID_CHARS} characters"
+    if any(ch.isspace() for ch in pid):
+        return "id contains whitespace"
+    if not pid.isprintable():
+        return "id contains a non-printable character"
+    return None
+
+
+def _invalid(text: str, reason: str, line_no: int) -> InvalidInput:
+    if len(text) > _MAX_TEXT_CHARS:
+        text = text[: _MAX_TEXT_CHARS - 1] + "…"
+    return InvalidInput(text=text, reason=reason, line_no=line_no)
+
+
+class LineSplitter:
+    """Cuts a byte stream fed in arbitrary chunks into LF-ended lines (a CR before the LF is kept).
+
+    A UTF-8 BOM is dropped from the stream's first line only. A line is cut off after
+    ``MAX_LINE_BYTES + 1`` bytes, which still marks it as too long for ``parse_line``.
+    """
+
+    __slots__ = ("_first", "_parts", "_size")
+
+    def __init__(self) -> None:
+        self._parts: list[bytes] = []  # the partial line's pieces, MAX_LINE_BYTES + 1 bytes at most
+        self._size = 0
+        self._first = True
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        """The lines that ``chunk`` completes, without their LF, in input order."""
+        *complete, rest = chunk.split(b"\n")
+        lines = []
+        for piece in complete:
+            self._keep(piece)
+            lines.append(self._take())
+        self._keep(rest)
+        return lines
+
+    def finish(self) -> bytes | None:
+        """The last line when the input did not end with LF, else None; the splitter is reset."""
+        return self._take() if self._size else None
+
+    def _keep(self, piece: bytes) -> None:
+        room = MAX_LINE_BYTES + 1 - self._size
+        if piece and room > 0:
+            self._parts.append(piece[:room])
+            self._size += min(room, len(piece))
+
+    def _take(self) -> bytes:
+        line = b"".join(self._parts)
+        self._parts.clear()
+        self._size = 0
+        if self._first:
+            self._first = False
+            # An over-long first line keeps its BOM so that it still reads as over-long.
+            if len(line) <= MAX_LINE_BYTES:
+                line = line.removeprefix(_BOM)
+        return line
+
+
+class Deduper:
+    """Numbers lines from 1, parses them, and lets each distinct id or invalid text through once."""
+
+    __slots__ = ("_line_no", "_seen")
+
+    def __init__(self) -> None:
+        # One set for ids and invalid texts alike, keyed by what becomes the record's progress_id,
+        # so the output never holds two lines under one key (resume looks records up by it).
+        self._seen: set[str] = set()
+        self._line_no = 0
+
+    def items(self, lines: Iterable[bytes]) -> Iterator[Item]:
+        """The new items among ``lines``, which must follow the lines passed before."""
+        for raw in lines:
+            self._line_no += 1
+            item = parse_line(raw, self._line_no)
+            if item is None:
+                continue
+            key = item.text if isinstance(item, InvalidInput) else item
+            if key not in self._seen:
+                self._seen.add(key)
+                yield item
+
+
+def _tail(splitter: LineSplitter) -> list[bytes]:
+    last = splitter.finish()
+    return [] if last is None else [last]
+
+
+def iter_items(chunks: Iterable[bytes]) -> Iterator[Item]:
+    """Each distinct id (or invalid line) of the input, given as byte chunks of any size, in order.
+
+    A BOM, CRLF and a last line without LF are accepted.
+    """
+    splitter, deduper = LineSplitter(), Deduper()
+    for chunk in chunks:
+        yield from deduper.items(splitter.feed(chunk))
+    yield from deduper.items(_tail(splitter))
+
+
+async def aiter_items(chunks: AsyncIterable[bytes]) -> AsyncIterator[Item]:
+    """``iter_items`` for an async chunk source (a file or stdin read without blocking the loop)."""
+    splitter, deduper = LineSplitter(), Deduper()
+    async for chunk in chunks:
+        for item in deduper.items(splitter.feed(chunk)):
+            yield item
+    for item in deduper.items(_tail(splitter)):
+        yield item
