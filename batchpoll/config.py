@@ -1,0 +1,478 @@
+"""Settings: one frozen value merged from flags, environment, a TOML file and defaults.
+
+Precedence per key is flag > env > file > default. Every value remembers where it came from, so a
+bad one is reported with its source: ``rate=-1.0 (from env BATCHPOLL_RATE): must be > 0``.
+Pure: reads local files, never the network.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hmac
+import math
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+from .errors import ConfigError, UsageError
+from .records import ALL_STATUSES
+
+
+class Secret:
+    """An API key that prints as ``***``; only :meth:`reveal` gives the text back."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        """The key itself: for the request header and nowhere else."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    def __str__(self) -> str:
+        return "***"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Secret):
+            return NotImplemented
+        # Constant-time, so comparing keys leaks nothing through timing.
+        return hmac.compare_digest(self._value.encode(), other._value.encode())
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Settings:
+    """Everything a run needs; times are seconds, ``rate`` is requests/second over all ids.
+
+    Values are validated by :func:`load_settings`, not here. ``sources`` maps each option name
+    to where its value came from: ``default``, ``file PATH``, ``env NAME`` or ``flag --x``.
+    """
+
+    output: str = "-"  # JSON-lines sink; "-" is stdout
+    base_url: str = "https://api.cekura.ai"  # http(s), host, no trailing "/"
+    path: str = "/test_framework/v1/scenarios/scenario-agent-progress/"  # starts with "/"
+    concurrency: int = 32  # >= 1 requests in flight
+    rate: float = 10.0  # > 0 requests/second, all ids together
+    burst: int = 1  # >= 1 requests back-to-back above the rate
+    interval: float = 3.0  # > 0 s, first wait between two polls of one id
+    max_interval: float = 30.0  # >= interval, cap of the growing wait
+    timeout: float = 3600.0  # > 0 s per id from its first poll
+    deadline: float | None = None  # > 0 s for the whole run; None: no deadline
+    request_timeout: float = 30.0  # > 0 s for one HTTP attempt
+    max_retries: int = 8  # >= 1 consecutive transient failures that end an id as "error"
+    resume: bool = False
+    retry_statuses: frozenset[str] = frozenset()  # subset of records.ALL_STATUSES
+    fail_on: frozenset[str] = frozenset(
+        {"failed", "timed_out", "error", "not_found", "rejected", "invalid_input"}
+    )
+    summary: str | None = None  # path of the JSON run summary
+    log_format: str = "auto"  # json | console | auto
+    log_level: str = "info"  # debug | info | warning | error
+    progress: bool = True
+    api_key: Secret | None = None  # never a plain CLI value
+    api_key_source: str = ""  # "env CEKURA_API_KEY", "file PATH" or "~/.cekura/config.toml"
+    sources: Mapping[str, str] = field(default_factory=dict, compare=False)
+
+
+_KEY_PLACES: Final = (
+    "set CEKURA_API_KEY, pass --api-key-file PATH, or put api_key in ~/.cekura/config.toml"
+)
+
+
+class MissingApiKey(ConfigError):
+    """No API key in any of the places batchpoll looks; the message lists them."""
+
+    def __init__(self) -> None:
+        super().__init__("api_key", None, "nowhere", f"no API key: {_KEY_PLACES}")
+        # The usual "key=value (from source)" prefix would say nothing here.
+        self.args = (self.problem,)
+
+
+_CEKURA_FILE: Final = "~/.cekura/config.toml"
+_KEY_FILE: Final = "api_key_file"
+_DEFAULTS: Final = Settings()
+
+# A parser takes a raw value and whether strings are to be parsed (flags, env) or taken as typed
+# (TOML); it returns the typed value, or raises ValueError/TypeError whose text is the problem.
+Parse = Callable[[object, bool], Any]
+# A check takes a parsed value and returns the problem, or None when the value is fine.
+Check = Callable[[Any], str | None]
+
+
+def _str(raw: object, text: bool) -> str:
+    if not isinstance(raw, str):
+        raise TypeError("must be a string")
+    return raw
+
+
+def _int(raw: object, text: bool) -> int:
+    if text and isinstance(raw, str):
+        try:
+            return int(raw.strip())
+        except ValueError:
+            raise ValueError("must be an integer") from None
+    if isinstance(raw, bool) or not isinstance(raw, int):  # bool is an int subclass
+        raise TypeError("must be an integer")
+    return raw
+
+
+def _float(raw: object, text: bool) -> float:
+    if text and isinstance(raw, str):
+        try:
+            value = float(raw.strip())
+        except ValueError:
+            raise ValueError("must be a number") from None
+    elif isinstance(raw, bool) or not isinstance(raw, int | float):
+        raise TypeError("must be a number")
+    else:
+        try:
+            value = float(raw)
+        except OverflowError:  # an int beyond float range
+            raise ValueError("must be a finite number") from None
+    if not math.isfinite(value):
+        raise ValueError("must be a finite number")
+    return value
+
+
+_BOOL_WORDS: Final = dict.fromkeys(("1", "true", "yes", "on"), True) | dict.fromkeys(
+    ("0", "false", "no", "off"), False
+)
+
+
+def _bool(raw: object, text: bool) -> bool:
+    if text and isinstance(raw, str):
+        word = raw.strip().lower()
+        if word in _BOOL_WORDS:
+            return _BOOL_WORDS[word]
+        raise ValueError("must be one of 1/0, true/false, yes/no, on/off")
+    if not isinstance(raw, bool):
+        raise TypeError("must be true or false")
+    return raw
+
+
+def _optional(parse: Parse) -> Parse:
+    """*parse*, except that None or the word "none" means unset."""
+
+    def parse_optional(raw: object, text: bool) -> Any:
+        if raw is None or (isinstance(raw, str) and raw.strip().lower() == "none"):
+            return None
+        return parse(raw, text)
+
+    return parse_optional
+
+
+def _statuses(raw: object, text: bool) -> frozenset[str]:
+    # Lists come as "a,b" from flags and env, and as an array or "a,b" from TOML.
+    if isinstance(raw, str):
+        items: list[object] = list(raw.split(","))
+    elif isinstance(raw, list | tuple | set | frozenset):
+        items = list(raw)
+    else:
+        raise TypeError("must be a comma-separated string or a list of statuses")
+    if not all(isinstance(item, str) for item in items):
+        raise TypeError("must list status names as strings")
+    names = {str(item).strip().lower() for item in items} - {""}
+    if isinstance(raw, str) and not names:  # "" or " , ": too easy to mean "never" by accident
+        raise ValueError("is empty; write 'none' for no statuses")
+    if "none" in names:
+        if names != {"none"}:
+            raise ValueError("'none' must stand alone")
+        return frozenset()
+    if unknown := names - ALL_STATUSES:
+        raise ValueError(
+            f"unknown status {', '.join(sorted(unknown))}; known: {', '.join(sorted(ALL_STATUSES))}"
+        )
+    return frozenset(names)
+
+
+def _choice(*options: str) -> Parse:
+    def parse_choice(raw: object, text: bool) -> str:
+        value = _str(raw, text).strip().lower()
+        if value not in options:
+            raise ValueError(f"must be one of {', '.join(options)}")
+        return value
+
+    return parse_choice
+
+
+def _base_url(raw: object, text: bool) -> str:
+    # Without the trailing slash, base_url + path never holds "//".
+    return _str(raw, text).rstrip("/")
+
+
+def _positive(value: float | None) -> str | None:
+    return None if value is None or value > 0 else "must be > 0"
+
+
+def _at_least_one(value: int) -> str | None:
+    return None if value >= 1 else "must be >= 1"
+
+
+def _non_empty(value: str | None) -> str | None:
+    return None if value is None or value.strip() else "must not be empty"
+
+
+def _http_url(value: str) -> str | None:
+    try:
+        parts = urlsplit(value)
+        _ = parts.port  # urlsplit checks the port only when it is read
+    except ValueError:
+        return "is not a valid URL"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "must be an http:// or https:// URL with a host"
+    if parts.username is not None or parts.password is not None:
+        return "must not hold credentials"
+    if parts.query or parts.fragment:
+        return "must not have a query or fragment"
+    return None
+
+
+def _url_path(value: str) -> str | None:
+    if not value.startswith("/") or any(c in value for c in "?# \t\r\n"):
+        return "must start with '/' and hold no '?', '#' or whitespace"
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class _Spec:
+    parse: Parse
+    checks: tuple[Check, ...] = ()
+
+
+_SPECS: Final[Mapping[str, _Spec]] = {
+    "output": _Spec(_str, (_non_empty,)),
+    "base_url": _Spec(_base_url, (_http_url,)),
+    "path": _Spec(_str, (_url_path,)),
+    "concurrency": _Spec(_int, (_at_least_one,)),
+    "rate": _Spec(_float, (_positive,)),
+    "burst": _Spec(_int, (_at_least_one,)),
+    "interval": _Spec(_float, (_positive,)),
+    "max_interval": _Spec(_float, (_positive,)),
+    "timeout": _Spec(_float, (_positive,)),
+    "deadline": _Spec(_optional(_float), (_positive,)),
+    "request_timeout": _Spec(_float, (_positive,)),
+    "max_retries": _Spec(_int, (_at_least_one,)),
+    "resume": _Spec(_bool),
+    "retry_statuses": _Spec(_statuses),
+    "fail_on": _Spec(_statuses),
+    "summary": _Spec(_optional(_str), (_non_empty,)),
+    "log_format": _Spec(_choice("json", "console", "auto")),
+    "log_level": _Spec(_choice("debug", "info", "warning", "error")),
+    "progress": _Spec(_bool),
+}
+# api_key_file is resolved like an option but is not a Settings field: it only leads to the key.
+_RESOLVED: Final[Mapping[str, _Spec]] = {**_SPECS, _KEY_FILE: _Spec(_str, (_non_empty,))}
+
+#: The settable keys of Settings, in declaration order, for the CLI and docs.
+OPTION_NAMES: Final[tuple[str, ...]] = tuple(_SPECS)
+
+
+def load_settings(
+    flags: Mapping[str, object],
+    env: Mapping[str, str],
+    config_path: str | None,
+    api_key_file: str | None,
+    home: Path | None = None,
+    require_key: bool = True,
+) -> Settings:
+    """Merge flag > env > file > default per key, validate, and find the API key.
+
+    *flags* holds only the options the user gave, keyed by field name, typed or as strings
+    (None counts as not given). Env names are ``BATCHPOLL_<NAME>``, plus ``CEKURA_API_URL``
+    for base_url; an empty variable is unset. Raises ConfigError naming key, value and source;
+    MissingApiKey (a ConfigError) when *require_key* and no key is found anywhere.
+    """
+    if unknown := sorted(set(flags) - set(_SPECS)):
+        raise UsageError(f"unknown settings option(s): {', '.join(unknown)}")
+    given: dict[str, object] = {k: v for k, v in flags.items() if v is not None}
+    if api_key_file is not None:
+        given[_KEY_FILE] = api_key_file
+    from_file = _read_config(config_path) if config_path is not None else {}
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for name, spec in _RESOLVED.items():
+        sources[name] = "default"
+        if (found := _find(name, given, env, from_file, f"file {config_path}")) is not None:
+            values[name], sources[name] = _parse(name, spec, *found), found[1]
+    _check_intervals(values, sources)
+    key_file = values.pop(_KEY_FILE, None)
+    key_file_source = sources.pop(_KEY_FILE)
+    settings = Settings(**values, sources=MappingProxyType(sources))
+    found_key = _find_key(key_file, key_file_source, env, home)
+    if found_key is None:
+        if require_key:
+            raise MissingApiKey
+        return settings
+    return replace(settings, api_key=found_key[0], api_key_source=found_key[1])
+
+
+def _check_intervals(values: Mapping[str, Any], sources: Mapping[str, str]) -> None:
+    pair = {
+        name: values.get(name, getattr(_DEFAULTS, name)) for name in ("interval", "max_interval")
+    }
+    if pair["max_interval"] < pair["interval"]:
+        # Blame the value the user set: the cap, unless it is the default.
+        name, other, op = ("max_interval", "interval", ">=")
+        if sources["max_interval"] == "default":
+            name, other, op = ("interval", "max_interval", "<=")
+        problem = f"must be {op} {other}={pair[other]!r} (from {sources[other]})"
+        raise ConfigError(name, pair[name], sources[name], problem)
+
+
+def describe(settings: Settings) -> dict[str, object]:
+    """The effective settings as a plain dict for logs: sorted lists, the key as ``***``."""
+    described: dict[str, object] = {}
+    for name in OPTION_NAMES:
+        value = getattr(settings, name)
+        described[name] = sorted(value) if isinstance(value, frozenset) else value
+    described["api_key"] = None if settings.api_key is None else "***"
+    described["api_key_source"] = settings.api_key_source
+    return described
+
+
+def _find(
+    name: str,
+    flags: Mapping[str, object],
+    env: Mapping[str, str],
+    from_file: Mapping[str, object],
+    file_source: str,
+) -> tuple[object, str, bool] | None:
+    """The winning raw value of *name*, its source, and whether strings are to be parsed."""
+    if name in flags:
+        flag = "--no-progress" if name == "progress" else "--" + name.replace("_", "-")
+        return flags[name], f"flag {flag}", True
+    env_names = [f"BATCHPOLL_{name.upper()}"] + (["CEKURA_API_URL"] if name == "base_url" else [])
+    for env_name in env_names:
+        if env.get(env_name):
+            return env[env_name], f"env {env_name}", True
+    if name in from_file:
+        return from_file[name], file_source, False
+    return None
+
+
+def _parse(name: str, spec: _Spec, raw: object, source: str, text: bool) -> Any:
+    try:
+        value = spec.parse(raw, text)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(name, raw, source, str(exc)) from None
+    for check in spec.checks:
+        if (problem := check(value)) is not None:
+            raise ConfigError(name, raw, source, problem)
+    return value
+
+
+def _read_config(path: str) -> dict[str, object]:
+    """The option values of a batchpoll TOML file, keyed by field name."""
+    try:
+        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError("config", path, "flag --config", f"cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError("config", path, "flag --config", "is not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("config", path, "flag --config", f"not valid TOML: {exc}") from None
+    source = f"file {path}"
+    values: dict[str, object] = {}
+    for key, value in data.items():
+        name = key.replace("-", "_")
+        if name == "api_key":
+            raise ConfigError(
+                key,
+                Secret(str(value)),
+                source,
+                f"the key is never read from this file; {_KEY_PLACES}",
+            )
+        if name not in _RESOLVED:
+            close = difflib.get_close_matches(name, list(_RESOLVED), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            # A string under a mistyped key may well be a secret: don't echo it.
+            shown = Secret(value) if isinstance(value, str) else value
+            raise ConfigError(key, shown, source, f"unknown key{hint}")
+        if name in values:
+            raise ConfigError(key, value, source, "is set twice (with '-' and with '_')")
+        values[name] = value
+    return values
+
+
+def _find_key(
+    key_file: str | None, key_file_source: str, env: Mapping[str, str], home: Path | None
+) -> tuple[Secret, str] | None:
+    """The API key and where it came from, by layer: an api_key_file given as a flag or in env,
+    then CEKURA_API_KEY, then an api_key_file from the TOML file, then ~/.cekura/config.toml."""
+    if key_file is not None and not key_file_source.startswith("file "):
+        return _read_key_file(key_file, key_file_source, home)
+    if env.get("CEKURA_API_KEY"):
+        return _checked_key(env["CEKURA_API_KEY"], "env CEKURA_API_KEY"), "env CEKURA_API_KEY"
+    if key_file is not None:
+        return _read_key_file(key_file, key_file_source, home)
+    return _read_cekura_config(home)
+
+
+def _read_key_file(path: str, source: str, home: Path | None) -> tuple[Secret, str]:
+    if path == "~" or path.startswith("~/"):
+        path = str((home or Path.home()) / path[2:])
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(_KEY_FILE, path, source, f"cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(_KEY_FILE, path, source, "is not UTF-8 text") from None
+    if not text.strip():
+        raise ConfigError(_KEY_FILE, path, source, "is empty")
+    return _checked_key(text, f"file {path}"), f"file {path}"
+
+
+def _read_cekura_config(home: Path | None) -> tuple[Secret, str] | None:
+    try:
+        path = (home or Path.home()) / ".cekura" / "config.toml"
+    except RuntimeError:  # no home directory to look in
+        return None
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ConfigError("api_key", None, _CEKURA_FILE, f"cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError("api_key", None, _CEKURA_FILE, "is not UTF-8 text") from None
+    try:
+        value: object = tomllib.loads(text).get("api_key")
+    except tomllib.TOMLDecodeError:
+        # The official CLI writes flat `key = "value"` lines that strict TOML may reject
+        # (duplicate keys, Windows paths with backslashes, unquoted values).
+        value = _line_value(text, "api_key")
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if not isinstance(value, str):
+        raise ConfigError("api_key", Secret(str(value)), _CEKURA_FILE, "must be a string")
+    return _checked_key(value, _CEKURA_FILE), _CEKURA_FILE
+
+
+def _line_value(text: str, key: str) -> str | None:
+    """The value of the last ``key = value`` line, with one pair of matching quotes removed."""
+    found = None
+    for line in text.splitlines():
+        name, sep, value = line.partition("=")
+        if sep and name.strip() == key:
+            found = value.strip()
+            if len(found) >= 2 and found[0] == found[-1] and found[0] in "\"'":
+                found = found[1:-1]
+    return found
+
+
+def _checked_key(value: str, source: str) -> Secret:
+    key = value.strip()
+    # A key with inner whitespace or control characters cannot go into an HTTP header.
+    if not key or any(c.isspace() or not c.isprintable() for c in key):
+        raise ConfigError("api_key", Secret(key), source, "must be one line without spaces")
+    return Secret(key)

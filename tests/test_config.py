@@ -1,0 +1,662 @@
+"""Settings: precedence, parsing per source, validation messages, where the API key comes from."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+import pytest
+
+from batchpoll.config import (
+    OPTION_NAMES,
+    MissingApiKey,
+    Secret,
+    Settings,
+    describe,
+    load_settings,
+)
+from batchpoll.errors import ConfigError, UsageError
+
+DEFAULT_TOML = Path(__file__).resolve().parent.parent / "configs" / "default.toml"
+KEY = "sk-live-0123456789abcdef"
+
+
+def load(
+    tmp_path: Path,
+    *,
+    flags: Mapping[str, object] | None = None,
+    env: Mapping[str, str] | None = None,
+    toml: str | None = None,
+    key_file: str | None = None,
+    require_key: bool = False,
+) -> Settings:
+    """Load settings with nothing but what the test gives; ~ is tmp_path."""
+    config_path = None
+    if toml is not None:
+        config = tmp_path / "batchpoll.toml"
+        config.write_text(toml, encoding="utf-8")
+        config_path = str(config)
+    return load_settings(
+        flags or {},
+        env or {},
+        config_path,
+        key_file,
+        home=tmp_path,
+        require_key=require_key,
+    )
+
+
+def write(path: Path, text: str) -> str:
+    """Write *text* to *path* (making parents) and return the path as a string."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+def test_defaults_when_nothing_is_given(tmp_path: Path) -> None:
+    """With no flags, env, file or key, every value is the default and says so."""
+    settings = load(tmp_path)
+    assert settings == Settings()
+    assert settings.api_key is None
+    assert settings.api_key_source == ""
+    assert dict(settings.sources) == dict.fromkeys(OPTION_NAMES, "default")
+
+
+def test_option_names_are_the_settable_fields() -> None:
+    """OPTION_NAMES lists every Settings field except the key and the bookkeeping."""
+    names = [f.name for f in dataclasses.fields(Settings)]
+    assert list(OPTION_NAMES) == [
+        n for n in names if n not in {"api_key", "api_key_source", "sources"}
+    ]
+
+
+@pytest.mark.parametrize(
+    ("flags", "env", "toml", "key", "expected", "source"),
+    [
+        ({"rate": 4.0}, {"BATCHPOLL_RATE": "3"}, "rate = 2", "rate", 4.0, "flag --rate"),
+        ({}, {"BATCHPOLL_RATE": "3"}, "rate = 2", "rate", 3.0, "env BATCHPOLL_RATE"),
+        ({}, {}, "rate = 2", "rate", 2.0, "file"),
+        ({}, {}, "", "rate", 10.0, "default"),
+        ({}, {"BATCHPOLL_RATE": ""}, "rate = 2", "rate", 2.0, "file"),
+        ({"rate": None}, {}, "rate = 2", "rate", 2.0, "file"),
+        (
+            {},
+            {"BATCHPOLL_BASE_URL": "http://a.test", "CEKURA_API_URL": "http://b.test"},
+            'base_url = "http://c.test"',
+            "base_url",
+            "http://a.test",
+            "env BATCHPOLL_BASE_URL",
+        ),
+        (
+            {},
+            {"CEKURA_API_URL": "http://b.test"},
+            'base_url = "http://c.test"',
+            "base_url",
+            "http://b.test",
+            "env CEKURA_API_URL",
+        ),
+        (
+            {"base_url": "http://f.test"},
+            {"CEKURA_API_URL": "http://b.test"},
+            "",
+            "base_url",
+            "http://f.test",
+            "flag --base-url",
+        ),
+        (
+            {"progress": False},
+            {"BATCHPOLL_PROGRESS": "1"},
+            "",
+            "progress",
+            False,
+            "flag --no-progress",
+        ),
+        ({}, {}, "max-interval = 40", "max_interval", 40.0, "file"),
+    ],
+    ids=[
+        "flag-beats-env",
+        "env-beats-file",
+        "file-beats-default",
+        "default",
+        "empty-env-is-unset",
+        "none-flag-is-not-given",
+        "batchpoll-url-beats-cekura-url",
+        "cekura-url-beats-file",
+        "flag-beats-cekura-url",
+        "no-progress-flag",
+        "dashed-file-key",
+    ],
+)
+def test_precedence(
+    tmp_path: Path,
+    flags: dict[str, object],
+    env: dict[str, str],
+    toml: str,
+    key: str,
+    expected: object,
+    source: str,
+) -> None:
+    """Each source wins over the next: flag > env > file > default, and the source is kept."""
+    settings = load(tmp_path, flags=flags, env=env, toml=toml)
+    assert getattr(settings, key) == expected
+    want = f"file {tmp_path / 'batchpoll.toml'}" if source == "file" else source
+    assert settings.sources[key] == want
+
+
+ENV_CASES: list[tuple[str, str, str, object]] = [
+    ("BATCHPOLL_OUTPUT", "out.jsonl", "output", "out.jsonl"),
+    ("BATCHPOLL_PATH", "/v2/progress/", "path", "/v2/progress/"),
+    ("BATCHPOLL_CONCURRENCY", " 7 ", "concurrency", 7),
+    ("BATCHPOLL_RATE", "2.5", "rate", 2.5),
+    ("BATCHPOLL_BURST", "4", "burst", 4),
+    ("BATCHPOLL_INTERVAL", "1e-1", "interval", 0.1),
+    ("BATCHPOLL_MAX_INTERVAL", "60", "max_interval", 60.0),
+    ("BATCHPOLL_TIMEOUT", "90", "timeout", 90.0),
+    ("BATCHPOLL_DEADLINE", "600", "deadline", 600.0),
+    ("BATCHPOLL_DEADLINE", "None", "deadline", None),
+    ("BATCHPOLL_REQUEST_TIMEOUT", "5", "request_timeout", 5.0),
+    ("BATCHPOLL_MAX_RETRIES", "3", "max_retries", 3),
+    ("BATCHPOLL_RESUME", "yes", "resume", True),
+    ("BATCHPOLL_RETRY_STATUSES", "error, timed_out", "retry_statuses", {"error", "timed_out"}),
+    ("BATCHPOLL_FAIL_ON", "FAILED,,cancelled", "fail_on", {"failed", "cancelled"}),
+    ("BATCHPOLL_FAIL_ON", "none", "fail_on", frozenset()),
+    ("BATCHPOLL_SUMMARY", "sum.json", "summary", "sum.json"),
+    ("BATCHPOLL_LOG_FORMAT", "JSON", "log_format", "json"),
+    ("BATCHPOLL_LOG_LEVEL", "debug", "log_level", "debug"),
+    ("BATCHPOLL_PROGRESS", "off", "progress", False),
+    ("BATCHPOLL_BASE_URL", "https://eu.cekura.test/", "base_url", "https://eu.cekura.test"),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "key", "expected"),
+    ENV_CASES,
+    ids=[f"{name}={text}" for name, text, _, _ in ENV_CASES],
+)
+def test_env_values_are_parsed_per_type(
+    tmp_path: Path, name: str, text: str, key: str, expected: object
+) -> None:
+    """An environment string becomes the field's type: int, float, bool, list, optional, choice."""
+    settings = load(tmp_path, env={name: text})
+    assert getattr(settings, key) == expected
+    assert settings.sources[key] == f"env {name}"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("1", True),
+        ("true", True),
+        ("YES", True),
+        ("On", True),
+        ("0", False),
+        ("False", False),
+        ("no", False),
+        ("OFF", False),
+    ],
+    ids=lambda v: v if isinstance(v, str) else "",
+)
+def test_env_bool_words(tmp_path: Path, text: str, expected: bool) -> None:
+    """Booleans from env take 1/0, true/false, yes/no and on/off in any case."""
+    assert load(tmp_path, env={"BATCHPOLL_RESUME": text}).resume is expected
+
+
+def test_flags_may_be_typed_or_strings(tmp_path: Path) -> None:
+    """Flag values typed by argparse are checked as they are; strings are parsed like env."""
+    settings = load(
+        tmp_path,
+        flags={"concurrency": "5", "rate": 3, "fail_on": ["error"], "resume": True},
+    )
+    assert (settings.concurrency, settings.rate) == (5, 3.0)
+    assert settings.fail_on == {"error"}
+    assert settings.resume is True
+
+
+def test_toml_types_are_accepted(tmp_path: Path) -> None:
+    """A TOML file takes ints for floats, arrays or comma strings for lists, and dashed keys."""
+    toml = """
+        rate = 5
+        deadline = 120
+        concurrency = 4
+        resume = true
+        progress = false
+        retry-statuses = "error,timed_out"
+        fail_on = ["failed"]
+        summary = "s.json"
+        log_level = "warning"
+    """
+    settings = load(tmp_path, toml=toml)
+    assert settings.rate == 5.0
+    assert isinstance(settings.rate, float)
+    assert settings.deadline == 120.0
+    assert settings.concurrency == 4
+    assert (settings.resume, settings.progress) == (True, False)
+    assert settings.retry_statuses == {"error", "timed_out"}
+    assert settings.fail_on == {"failed"}
+    assert (settings.summary, settings.log_level) == ("s.json", "warning")
+
+
+@pytest.mark.parametrize(
+    ("line", "key", "shown"),
+    [
+        ('rate = "fast"', "rate", "'fast'"),
+        ("concurrency = 1.5", "concurrency", "1.5"),
+        ('resume = "yes"', "resume", "'yes'"),
+        ("rate = true", "rate", "True"),
+        ("burst = false", "burst", "False"),
+        ("output = 3", "output", "3"),
+        ("fail_on = [1, 2]", "fail_on", "[1, 2]"),
+        ("fail_on = 7", "fail_on", "7"),
+        ("interval = nan", "interval", "nan"),
+        ("timeout = inf", "timeout", "inf"),
+        ('deadline = "soon"', "deadline", "'soon'"),
+        ("log_format = 1", "log_format", "1"),
+    ],
+    ids=[
+        "string-for-float",
+        "float-for-int",
+        "string-for-bool",
+        "bool-for-float",
+        "bool-for-int",
+        "int-for-string",
+        "ints-in-list",
+        "int-for-list",
+        "nan",
+        "inf",
+        "string-for-optional-float",
+        "int-for-choice",
+    ],
+)
+def test_wrong_toml_types_name_key_value_and_file(
+    tmp_path: Path, line: str, key: str, shown: str
+) -> None:
+    """A TOML value of the wrong type is a ConfigError naming key, value and file."""
+    with pytest.raises(ConfigError) as caught:
+        load(tmp_path, toml=line)
+    assert str(caught.value).startswith(f"{key}={shown} (from file {tmp_path / 'batchpoll.toml'}):")
+    assert caught.value.key == key
+
+
+def test_unknown_key_suggests_the_closest_name(tmp_path: Path) -> None:
+    """An unknown key names the file and suggests the nearest option."""
+    with pytest.raises(ConfigError, match=r"unknown key; did you mean 'max_interval'\?") as caught:
+        load(tmp_path, toml="max_intervall = 3")
+    assert caught.value.key == "max_intervall"
+    assert str(tmp_path / "batchpoll.toml") in str(caught.value)
+
+
+def test_unknown_key_without_a_near_name(tmp_path: Path) -> None:
+    """An unknown key with nothing close is still named, without a suggestion."""
+    with pytest.raises(ConfigError, match=r"unknown key$"):
+        load(tmp_path, toml="zzz = 1")
+
+
+def test_unknown_key_does_not_echo_its_string_value(tmp_path: Path) -> None:
+    """A string under a mistyped key may be a secret, so the message hides it."""
+    with pytest.raises(ConfigError) as caught:
+        load(tmp_path, toml=f'apikey = "{KEY}"')
+    assert KEY not in str(caught.value)
+
+
+def test_api_key_in_the_config_file_is_refused_without_echo(tmp_path: Path) -> None:
+    """The key itself may not sit in the batchpoll file, and the error does not repeat it."""
+    with pytest.raises(ConfigError, match="never read from this file") as caught:
+        load(tmp_path, toml=f'api_key = "{KEY}"')
+    assert KEY not in str(caught.value)
+
+
+def test_same_key_with_dash_and_underscore_is_an_error(tmp_path: Path) -> None:
+    """A key written both ways is ambiguous, so it is refused."""
+    with pytest.raises(ConfigError, match="set twice"):
+        load(tmp_path, toml="max_interval = 3\nmax-interval = 4")
+
+
+def test_invalid_toml_names_the_path_and_line(tmp_path: Path) -> None:
+    """A file that is not TOML gives the path and the parser's line, not a traceback."""
+    with pytest.raises(ConfigError, match=r"not valid TOML: .*line 2") as caught:
+        load(tmp_path, toml="rate = 1\nburst = = 2\n")
+    assert str(tmp_path / "batchpoll.toml") in str(caught.value)
+
+
+def test_missing_config_file_names_the_path(tmp_path: Path) -> None:
+    """A --config path that does not exist is a ConfigError naming it."""
+    missing = str(tmp_path / "nope.toml")
+    with pytest.raises(ConfigError, match="cannot read") as caught:
+        load_settings({}, {}, missing, None, home=tmp_path, require_key=False)
+    assert missing in str(caught.value)
+
+
+def test_unknown_flag_is_a_usage_error(tmp_path: Path) -> None:
+    """A flags key that is no option is the caller's mistake, reported as a usage error."""
+    with pytest.raises(UsageError, match="api_key"):
+        load(tmp_path, flags={"api_key": KEY})
+
+
+@pytest.mark.parametrize(
+    ("var", "value", "key", "problem"),
+    [
+        ("BATCHPOLL_CONCURRENCY", "0", "concurrency", "must be >= 1"),
+        ("BATCHPOLL_CONCURRENCY", "2.5", "concurrency", "must be an integer"),
+        ("BATCHPOLL_RATE", "-1", "rate", "must be > 0"),
+        ("BATCHPOLL_RATE", "nan", "rate", "must be a finite number"),
+        ("BATCHPOLL_RATE", "fast", "rate", "must be a number"),
+        ("BATCHPOLL_BURST", "0", "burst", "must be >= 1"),
+        ("BATCHPOLL_INTERVAL", "0", "interval", "must be > 0"),
+        ("BATCHPOLL_MAX_INTERVAL", "-3", "max_interval", "must be > 0"),
+        ("BATCHPOLL_TIMEOUT", "inf", "timeout", "must be a finite number"),
+        ("BATCHPOLL_DEADLINE", "0", "deadline", "must be > 0"),
+        ("BATCHPOLL_REQUEST_TIMEOUT", "0", "request_timeout", "must be > 0"),
+        ("BATCHPOLL_MAX_RETRIES", "0", "max_retries", "must be >= 1"),
+        ("BATCHPOLL_RESUME", "maybe", "resume", "must be one of 1/0"),
+        ("BATCHPOLL_LOG_FORMAT", "xml", "log_format", "must be one of json, console, auto"),
+        ("BATCHPOLL_LOG_LEVEL", "trace", "log_level", "must be one of debug, info"),
+        ("BATCHPOLL_BASE_URL", "ftp://x.test", "base_url", "must be an http"),
+        ("CEKURA_API_URL", "https://", "base_url", "must be an http"),
+        ("CEKURA_API_URL", "api.cekura.ai", "base_url", "must be an http"),
+        ("CEKURA_API_URL", "http://x.test:port", "base_url", "is not a valid URL"),
+        ("CEKURA_API_URL", "http://u:p@x.test", "base_url", "must not hold credentials"),
+        ("CEKURA_API_URL", "http://x.test/?a=1", "base_url", "must not have a query"),
+        ("BATCHPOLL_PATH", "progress/", "path", "must start with '/'"),
+        ("BATCHPOLL_PATH", "/p?x=1", "path", "must start with '/'"),
+        ("BATCHPOLL_OUTPUT", "  ", "output", "must not be empty"),
+        ("BATCHPOLL_SUMMARY", " ", "summary", "must not be empty"),
+        ("BATCHPOLL_FAIL_ON", "failed,nope", "fail_on", "unknown status nope"),
+        ("BATCHPOLL_RETRY_STATUSES", "in_progress", "retry_statuses", "unknown status in_prog"),
+        ("BATCHPOLL_FAIL_ON", "none,failed", "fail_on", "'none' must stand alone"),
+        ("BATCHPOLL_FAIL_ON", " , ", "fail_on", "is empty; write 'none'"),
+    ],
+    ids=[
+        "concurrency-zero",
+        "concurrency-float",
+        "rate-negative",
+        "rate-nan",
+        "rate-word",
+        "burst-zero",
+        "interval-zero",
+        "max-interval-negative",
+        "timeout-inf",
+        "deadline-zero",
+        "request-timeout-zero",
+        "max-retries-zero",
+        "resume-word",
+        "log-format",
+        "log-level",
+        "url-scheme",
+        "url-no-host",
+        "url-no-scheme",
+        "url-bad-port",
+        "url-credentials",
+        "url-query",
+        "path-relative",
+        "path-query",
+        "output-blank",
+        "summary-blank",
+        "fail-on-unknown",
+        "retry-in-progress",
+        "none-not-alone",
+        "only-commas",
+    ],
+)
+def test_validation_failures_name_key_value_and_source(
+    tmp_path: Path, var: str, value: str, key: str, problem: str
+) -> None:
+    """Every bad value is a ConfigError whose message names its key, value and source."""
+    with pytest.raises(ConfigError) as caught:
+        load(tmp_path, env={var: value})
+    assert str(caught.value).startswith(f"{key}={value!r} (from env {var}): {problem}")
+    assert (caught.value.key, caught.value.source) == (key, f"env {var}")
+
+
+def test_validation_names_flag_and_file_sources(tmp_path: Path) -> None:
+    """A bad value from a flag or the file is reported with that source."""
+    with pytest.raises(ConfigError, match=re.escape("rate=0 (from flag --rate): must be > 0")):
+        load(tmp_path, flags={"rate": 0})
+    with pytest.raises(ConfigError, match=re.escape("burst=0 (from file ")):
+        load(tmp_path, toml="burst = 0")
+
+
+def test_overridden_bad_values_are_not_reported(tmp_path: Path) -> None:
+    """Only the winning value is checked, so a flag can override a bad env or file value."""
+    settings = load(tmp_path, flags={"rate": 2.0}, env={"BATCHPOLL_RATE": "-1"}, toml="rate = 0")
+    assert settings.rate == 2.0
+
+
+def test_max_interval_below_interval_blames_the_cap_and_names_both(tmp_path: Path) -> None:
+    """max_interval < interval names both values and both sources."""
+    with pytest.raises(ConfigError) as caught:
+        load(tmp_path, flags={"max_interval": 2.0}, env={"BATCHPOLL_INTERVAL": "5"})
+    assert str(caught.value) == (
+        "max_interval=2.0 (from flag --max-interval): "
+        "must be >= interval=5.0 (from env BATCHPOLL_INTERVAL)"
+    )
+
+
+def test_interval_above_default_cap_blames_the_interval(tmp_path: Path) -> None:
+    """When only the interval was set, it is the value named as wrong."""
+    with pytest.raises(ConfigError) as caught:
+        load(tmp_path, flags={"interval": 60.0})
+    assert str(caught.value) == (
+        "interval=60.0 (from flag --interval): must be <= max_interval=30.0 (from default)"
+    )
+
+
+@pytest.mark.parametrize(
+    "toml",
+    ['fail_on = "none"', 'fail_on = ["none"]', "fail_on = []"],
+    ids=["string", "array", "empty-array"],
+)
+def test_fail_on_none_means_never(tmp_path: Path, toml: str) -> None:
+    """fail_on "none" (alone) or an empty array is the empty set."""
+    assert load(tmp_path, toml=toml).fail_on == frozenset()
+
+
+def test_empty_fail_on_flag_is_refused(tmp_path: Path) -> None:
+    """An empty list string is refused rather than silently meaning "never fail"."""
+    with pytest.raises(ConfigError, match="write 'none'"):
+        load(tmp_path, flags={"fail_on": ""})
+
+
+def test_invalid_status_names_list_the_known_ones(tmp_path: Path) -> None:
+    """An unknown status name is refused and the message lists the valid ones."""
+    with pytest.raises(ConfigError, match="unknown status bogus; known: cancelled, completed"):
+        load(tmp_path, toml='retry_statuses = ["error", "bogus"]')
+
+
+@pytest.mark.parametrize(
+    ("flag_file", "env", "toml_file", "cekura", "expected_source"),
+    [
+        (True, {"CEKURA_API_KEY": "from-env"}, True, True, "flag-file"),
+        (False, {"CEKURA_API_KEY": "from-env"}, True, True, "env CEKURA_API_KEY"),
+        (False, {}, True, True, "toml-file"),
+        (False, {}, False, True, "~/.cekura/config.toml"),
+        (
+            False,
+            {"CEKURA_API_KEY": "from-env", "BATCHPOLL_API_KEY_FILE": "?"},
+            False,
+            True,
+            "env-file",
+        ),
+        (False, {"CEKURA_API_KEY": ""}, False, True, "~/.cekura/config.toml"),
+    ],
+    ids=[
+        "flag-file-beats-env",
+        "env-beats-toml-file",
+        "toml-file-beats-cekura",
+        "cekura-last",
+        "batchpoll-env-file-beats-cekura-env",
+        "empty-env-key-is-unset",
+    ],
+)
+def test_key_lookup_order(
+    tmp_path: Path,
+    flag_file: bool,
+    env: dict[str, str],
+    toml_file: bool,
+    cekura: bool,
+    expected_source: str,
+) -> None:
+    """The key comes from the highest layer: --api-key-file, env, TOML api_key_file, ~/.cekura."""
+    flag_path = write(tmp_path / "flag.key", "from-flag-file\n")
+    toml_path = write(tmp_path / "toml.key", "from-toml-file\n")
+    env_path = write(tmp_path / "env.key", "from-env-file\n")
+    env = {k: env_path if v == "?" else v for k, v in env.items()}
+    if cekura:
+        write(tmp_path / ".cekura" / "config.toml", 'api_key = "from-cekura"\n')
+    settings = load(
+        tmp_path,
+        env=env,
+        toml=f'api_key_file = "{toml_path}"' if toml_file else None,
+        key_file=flag_path if flag_file else None,
+        require_key=True,
+    )
+    expected = {
+        "flag-file": ("from-flag-file", f"file {flag_path}"),
+        "toml-file": ("from-toml-file", f"file {toml_path}"),
+        "env-file": ("from-env-file", f"file {env_path}"),
+        "env CEKURA_API_KEY": ("from-env", "env CEKURA_API_KEY"),
+        "~/.cekura/config.toml": ("from-cekura", "~/.cekura/config.toml"),
+    }[expected_source]
+    assert settings.api_key is not None
+    assert (settings.api_key.reveal(), settings.api_key_source) == expected
+
+
+def test_missing_key_message_says_where_to_put_one(tmp_path: Path) -> None:
+    """With no key anywhere, the error (exit 2) lists the places a key is looked for."""
+    with pytest.raises(MissingApiKey) as caught:
+        load(tmp_path, require_key=True)
+    assert str(caught.value) == (
+        "no API key: set CEKURA_API_KEY, pass --api-key-file PATH, "
+        "or put api_key in ~/.cekura/config.toml"
+    )
+    assert isinstance(caught.value, ConfigError)
+    assert caught.value.exit_code == 2
+
+
+def test_key_not_required_gives_none(tmp_path: Path) -> None:
+    """With require_key=False a missing key is simply None."""
+    assert load(tmp_path, require_key=False).api_key is None
+
+
+def test_key_file_is_stripped(tmp_path: Path) -> None:
+    """Whitespace and the newline around the key in a key file are dropped."""
+    path = write(tmp_path / "key", f"  {KEY}\r\n\n")
+    settings = load(tmp_path, key_file=path)
+    assert settings.api_key == Secret(KEY)
+    assert settings.api_key_source == f"file {path}"
+
+
+def test_key_file_path_with_tilde_uses_home(tmp_path: Path) -> None:
+    """A key file path written as ~/... is looked up under the home directory."""
+    write(tmp_path / "secrets" / "cekura", KEY)
+    settings = load(tmp_path, toml='api_key_file = "~/secrets/cekura"')
+    assert settings.api_key == Secret(KEY)
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [(None, "cannot read"), ("", "is empty"), (" \n", "is empty"), ("a b", "one line without")],
+    ids=["missing", "empty", "blank", "two-words"],
+)
+def test_bad_key_file_names_the_path(tmp_path: Path, content: str | None, problem: str) -> None:
+    """A missing, empty or malformed key file is a ConfigError naming its path."""
+    path = tmp_path / "key"
+    if content is not None:
+        path.write_text(content, encoding="utf-8")
+    with pytest.raises(ConfigError, match=problem) as caught:
+        load(tmp_path, key_file=str(path))
+    assert str(path) in str(caught.value)
+
+
+def test_key_file_that_is_a_directory(tmp_path: Path) -> None:
+    """A key file path naming a directory is a ConfigError, not a traceback."""
+    with pytest.raises(ConfigError, match="cannot read"):
+        load(tmp_path, key_file=str(tmp_path))
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        f'api_key = "{KEY}"\n',
+        f'# written by cekura\napi_key = "{KEY}"\norg = "acme"\n',
+        f"api_key = {KEY}\n",
+        f'api_key = "old"\napi_key = "{KEY}"\n',
+        f"workdir = \"C:\\Users\\me\"\napi_key = '{KEY}'\n",
+    ],
+    ids=["toml", "toml-with-others", "unquoted", "duplicate-last-wins", "windows-path"],
+)
+def test_cekura_config_with_toml_or_line_fallback(tmp_path: Path, content: str) -> None:
+    """~/.cekura/config.toml is read as TOML, or line by line when strict TOML rejects it."""
+    write(tmp_path / ".cekura" / "config.toml", content)
+    settings = load(tmp_path, require_key=True)
+    assert settings.api_key == Secret(KEY)
+    assert settings.api_key_source == "~/.cekura/config.toml"
+
+
+def test_cekura_config_without_api_key_is_no_key(tmp_path: Path) -> None:
+    """A ~/.cekura/config.toml with no (or an empty) api_key leads to the missing-key error."""
+    write(tmp_path / ".cekura" / "config.toml", 'api_key = ""\norg = "acme"\n')
+    with pytest.raises(MissingApiKey):
+        load(tmp_path, require_key=True)
+
+
+def test_secret_hides_its_value() -> None:
+    """A Secret prints as *** yet compares and reveals by value."""
+    secret = Secret(KEY)
+    assert repr(secret) == "Secret('***')"
+    assert str(secret) == f"{secret}" == "***"
+    assert secret.reveal() == KEY
+    assert secret == Secret(KEY)
+    assert secret != Secret("other")
+    assert secret != KEY
+    assert hash(secret) == hash(Secret(KEY))
+    assert not hasattr(secret, "__dict__")
+
+
+def test_key_never_shows_in_repr_or_describe(tmp_path: Path) -> None:
+    """Neither repr(settings) nor describe() shows the key."""
+    settings = load(tmp_path, env={"CEKURA_API_KEY": KEY})
+    assert settings.api_key == Secret(KEY)
+    assert KEY not in repr(settings)
+    assert KEY not in str(settings)
+    assert KEY not in repr(describe(settings))
+
+
+def test_key_never_shows_in_config_errors(tmp_path: Path) -> None:
+    """A malformed key is reported without its text."""
+    with pytest.raises(ConfigError) as caught:
+        load(tmp_path, env={"CEKURA_API_KEY": f"{KEY} {KEY}"})
+    assert KEY not in str(caught.value)
+    assert "env CEKURA_API_KEY" in str(caught.value)
+
+
+def test_describe_is_plain_and_masked(tmp_path: Path) -> None:
+    """describe() gives every option, sorted lists for sets, and the key as ***."""
+    settings = load(tmp_path, env={"CEKURA_API_KEY": KEY})
+    described = describe(settings)
+    assert list(described) == [*OPTION_NAMES, "api_key", "api_key_source"]
+    assert described["fail_on"] == sorted(Settings().fail_on)
+    assert described["retry_statuses"] == []
+    assert described["api_key"] == "***"
+    assert described["api_key_source"] == "env CEKURA_API_KEY"
+    assert describe(Settings())["api_key"] is None
+
+
+def test_default_toml_matches_the_defaults(tmp_path: Path) -> None:
+    """configs/default.toml loads to exactly Settings() field by field, so it cannot drift."""
+    settings = load_settings({}, {}, str(DEFAULT_TOML), None, home=tmp_path, require_key=False)
+    defaults = Settings()
+    for name in OPTION_NAMES:
+        assert getattr(settings, name) == getattr(defaults, name), name
+    unset = {name for name, source in settings.sources.items() if source == "default"}
+    assert unset == {"deadline", "summary"}
+
+
+def test_default_toml_mentions_every_option() -> None:
+    """Every option appears in configs/default.toml, set or commented out, with a comment above."""
+    lines = DEFAULT_TOML.read_text(encoding="utf-8").splitlines()
+    for name in OPTION_NAMES:
+        index = next((i for i, line in enumerate(lines) if re.match(rf"#? ?{name} = ", line)), None)
+        assert index is not None, name
+        assert lines[index - 1].startswith("# "), name
