@@ -1,0 +1,445 @@
+"""A fake Cekura progress API: a real ``aiohttp.web`` server on loopback, counting what it sees.
+
+Tests, ``batchpoll demo``, ``batchpoll simulate`` and the benchmarks all poll this one fake.
+Every id's fate is a pure function of ``(seed, id)`` (see :func:`truth`), so a run can be checked
+against what the server was always going to answer. It serves ``GET <path>?progress_id=<id>``
+on ``SimSettings.path`` and on the SDK's ``SDK_PATH`` (with and without the trailing slash).
+
+=========================  ==============================================================
+request                    answer
+=========================  ==============================================================
+any other id               200 ``in_progress`` for polls 1..k-1, then its terminal body
+``notfound-...``           404 ``{"detail": "Not found."}``
+``reject-...``             400 ``{"progress_id": ["Invalid progress id."]}``
+``weird-...``              200 ``queued`` (an unknown, non-terminal status) for polls 1..k-1,
+                           then terminal as any other id
+``slow-...``               200 ``in_progress`` forever (as every id does with ``pending``)
+``flaky-...``              503 without Retry-After, on every poll
+no ``progress_id``         400 ``{"progress_id": ["This field is required."]}``
+``progress_id=`` (empty)   400 ``{"progress_id": ["This field may not be blank."]}``
+=========================  ==============================================================
+
+``GET /__simulator/stats`` answers the server's own counts as JSON (requests, most in flight,
+most in any one-second window, rate over the busy span), for runs against ``batchpoll simulate``.
+
+Each request goes through, in order: the key check (401), the rate limit (429 with
+``Retry-After``), fault injection (500/502/503 at ``error_rate``), ``latency``, the answer. Only
+requests that reach the answer count as polls of their id, so faults never change an id's fate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import ipaddress
+import random
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import anyio
+import orjson
+from aiohttp import web
+
+SDK_PATH: Final = "/test_framework/v1/scenarios-external/scenario-agent-progress"
+#: Where the server reports its own counts (not part of the Cekura API).
+STATS_PATH: Final = "/__simulator/stats"
+#: ``truth()``'s poll count for an id that never ends.
+NEVER: Final = -1
+
+_JSON: Final = "application/json"
+_FAULTS: Final = (500, 502, 503)
+# Cumulative weights out of 100: completed 80, failed 8, cancelled 4, needs_* 4 each.
+_TERMINALS: Final = (
+    (80, "completed"),
+    (88, "failed"),
+    (92, "cancelled"),
+    (96, "needs_clarification"),
+    (100, "needs_agent_clarification"),
+)
+_QUESTIONS: Final = (
+    "Which phone number should the agent call?",
+    "Should the agent confirm the appointment time with the caller?",
+    "What language should the scenarios be written in?",
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SimSettings:
+    """How the fake API behaves; times in seconds, rates in requests per second."""
+
+    seed: int = 0
+    api_key: str | None = None  # when set, any other X-CEKURA-API-KEY gets 401
+    min_polls: int = 1  # k per id is drawn from [min_polls, max_polls]
+    max_polls: int = 4
+    pending: bool = False  # every id that would end stays non-terminal forever
+    latency: float = 0.0  # wait before each answer; the request counts as in flight meanwhile
+    rate_limit: float | None = None  # GCRA policing all requests together; None = unlimited
+    rate_burst: int = 1  # requests admitted back-to-back at rate_limit
+    retry_after: str | None = "1"  # Retry-After sent with each 429; None = no header
+    error_rate: float = 0.0  # fraction of requests answered 500/502/503 (seeded, per request)
+    path: str = "/test_framework/v1/scenarios/scenario-agent-progress/"
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_polls <= self.max_polls:
+            raise ValueError("need 1 <= min_polls <= max_polls")
+        if self.latency < 0 or not 0 <= self.error_rate <= 1 or self.rate_burst < 1:
+            raise ValueError("need latency >= 0, 0 <= error_rate <= 1 and rate_burst >= 1")
+        if self.rate_limit is not None and self.rate_limit <= 0:
+            raise ValueError("rate_limit must be > 0 (or None for no limit)")
+
+
+@dataclass(slots=True)
+class SimStats:
+    """What the server saw, counted where the contract's limits are checked.
+
+    ``by_status`` counts answered requests only (one whose client hung up during ``latency``
+    has none). ``polls_by_id`` counts the requests per id that got past the key check, the rate
+    limit and fault injection. ``arrivals`` holds one ``time.monotonic()`` per request.
+    """
+
+    requests: int = 0
+    in_flight: int = 0
+    max_in_flight: int = 0
+    by_status: dict[int, int] = field(default_factory=dict)
+    polls_by_id: dict[str, int] = field(default_factory=dict, repr=False)
+    arrivals: list[float] = field(default_factory=list, repr=False)
+    throttled_at: list[float] = field(default_factory=list, repr=False)  # arrivals answered 429
+
+    def max_in_window(self, window: float = 1.0) -> int:
+        """Most arrivals within any closed interval ``[t, t + window]`` (seconds)."""
+        times = sorted(self.arrivals)
+        best = start = 0
+        # Two pointers: times[start..end] is the longest run ending at times[end] within window.
+        for end, t in enumerate(times):
+            while t - times[start] > window:
+                start += 1
+            best = max(best, end - start + 1)
+        return best
+
+    @property
+    def max_per_second(self) -> int:
+        """Most arrivals within any one second."""
+        return self.max_in_window(1.0)
+
+    def rate_between(self, start: float, end: float) -> float:
+        """Arrivals in ``[start, end]`` per second; ``end`` must be after ``start``."""
+        if end <= start:
+            raise ValueError("end must be after start")
+        return sum(start <= t <= end for t in self.arrivals) / (end - start)
+
+
+@dataclass(frozen=True, slots=True)
+class _Fate:
+    status: str  # the terminal status this id ends with
+    polls: int  # k: the poll (1-based) that first answers it
+    mode: str
+    session_id: int | None
+    digest: int
+
+
+def _fate(progress_id: str, settings: SimSettings) -> _Fate:
+    # blake2b, never hash(): fates must agree across processes, runs and machines.
+    raw = f"{settings.seed}:{progress_id}".encode("utf-8", "surrogatepass")
+    h = int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "big")
+    # Bit fields of h: 0-15 k, 16-31 status, 32 mode, 33-40 session null, 41-63 session id.
+    span = settings.max_polls - settings.min_polls + 1
+    bucket = (h >> 16 & 0xFFFF) % 100
+    status = next(name for bound, name in _TERMINALS if bucket < bound)
+    session = None if (h >> 33 & 0xFF) % 10 == 0 else (h >> 41) + 1
+    return _Fate(
+        status=status,
+        polls=settings.min_polls + (h & 0xFFFF) % span,
+        mode="improve" if h >> 32 & 1 else "clarify",
+        session_id=session,
+        digest=h,
+    )
+
+
+def truth(progress_id: str, settings: SimSettings) -> tuple[str, int]:
+    """What *progress_id* ends as under *settings*, and after how many counted polls.
+
+    Terminal statuses come with k >= 1; ``("not_found", 1)`` and ``("rejected", 1)`` for those
+    forms; ``("in_progress", NEVER)`` for ids that never end (``slow-`` or ``pending``) and
+    ``("error", NEVER)`` for ``flaky-`` ids. Pure: no server state, faults or rate limits.
+    """
+    if progress_id.startswith("notfound-"):
+        return "not_found", 1
+    if progress_id.startswith("reject-"):
+        return "rejected", 1
+    if progress_id.startswith("flaky-"):
+        return "error", NEVER
+    if settings.pending or progress_id.startswith("slow-"):
+        return "in_progress", NEVER
+    fate = _fate(progress_id, settings)
+    return fate.status, fate.polls
+
+
+def _result(fate: _Fate) -> dict[str, Any] | None:
+    # Random(int) + random() only: the one pairing Python promises stays the same across versions.
+    draw = random.Random(fate.digest).random
+    if fate.status == "completed":
+        scenarios = [
+            {
+                "id": 1 + int(draw() * 99_999),
+                "name": f"{fate.mode} scenario {n}",
+                "score": round(draw() * 100, 1),
+            }
+            for n in range(1, 2 + int(draw() * 3))
+        ]
+        summary = f"{len(scenarios)} scenario(s) evaluated."
+        return {"scenarios": scenarios, "summary": summary, "evaluator_id": 1 + int(draw() * 9999)}
+    if fate.status.startswith("needs_"):
+        return {"questions": list(_QUESTIONS[: 1 + int(draw() * len(_QUESTIONS))])}
+    return None
+
+
+def _progress_body(progress_id: str, settings: SimSettings, poll: int) -> bytes:
+    fate = _fate(progress_id, settings)
+    waiting = "queued" if progress_id.startswith("weird-") else "in_progress"
+    done = poll >= fate.polls and not settings.pending and not progress_id.startswith("slow-")
+    return orjson.dumps(
+        {
+            "progress_id": progress_id,
+            "session_id": fate.session_id,
+            "mode": fate.mode,
+            "status": fate.status if done else waiting,
+            "result": _result(fate) if done else None,
+            "error": "The agent run failed." if done and fate.status == "failed" else None,
+        }
+    )
+
+
+def _detail(text: str) -> bytes:
+    return orjson.dumps({"detail": text})
+
+
+_UNAUTHORIZED: Final = _detail("Invalid API key.")
+_THROTTLED: Final = _detail("Request was throttled.")
+_SERVER_ERROR: Final = _detail("Server error.")
+_NOT_FOUND: Final = _detail("Not found.")
+_UNAVAILABLE: Final = _detail("Service temporarily unavailable.")
+_REQUIRED: Final = orjson.dumps({"progress_id": ["This field is required."]})
+_BLANK: Final = orjson.dumps({"progress_id": ["This field may not be blank."]})
+_INVALID: Final = orjson.dumps({"progress_id": ["Invalid progress id."]})
+
+
+class _Gcra:
+    """GCRA "virtual scheduling" policer: admit or refuse now, never queue."""
+
+    __slots__ = ("_interval", "_tat", "_tolerance")
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self._interval = 1.0 / rate
+        # A request may arrive up to (burst - 1) intervals ahead of its theoretical time; the
+        # 1e-9 keeps float error from refusing a request that arrives exactly on time.
+        self._tolerance = (burst - 1) * self._interval + 1e-9
+        self._tat = float("-inf")  # theoretical arrival time of the next conforming request
+
+    def admit(self, now: float) -> bool:
+        tat = max(self._tat, now)
+        if tat - now > self._tolerance:
+            return False
+        self._tat = tat + self._interval
+        return True
+
+
+class Simulator:
+    """A running fake API; ``url`` is its base (``http://127.0.0.1:PORT``, no path)."""
+
+    __slots__ = ("_changed", "_faults", "_limiter", "_retry_headers", "settings", "stats", "url")
+
+    def __init__(self, settings: SimSettings, url: str = "") -> None:
+        self.settings = settings
+        self.stats = SimStats()
+        self.url = url
+        rate = settings.rate_limit
+        self._limiter = None if rate is None else _Gcra(rate, settings.rate_burst)
+        self._faults = random.Random(settings.seed)
+        after = settings.retry_after
+        self._retry_headers: Mapping[str, str] = {} if after is None else {"Retry-After": after}
+        self._changed: asyncio.Event | None = None  # set on any in_flight change, if awaited
+
+    def __repr__(self) -> str:
+        return f"Simulator(url={self.url!r}, {self.stats!r})"
+
+    @property
+    def endpoint(self) -> str:
+        """The full polling URL: ``url`` + ``settings.path``."""
+        return self.url + self.settings.path
+
+    async def wait_until(self, predicate: Callable[[SimStats], bool]) -> None:
+        """Return once ``predicate(stats)`` holds, re-checking as requests arrive and leave."""
+        while not predicate(self.stats):
+            changed = self._changed = self._changed or asyncio.Event()
+            await changed.wait()
+
+    def _notify(self) -> None:
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
+
+    def _reply(
+        self, status: int, body: bytes, headers: Mapping[str, str] | None = None
+    ) -> web.Response:
+        by_status = self.stats.by_status
+        by_status[status] = by_status.get(status, 0) + 1
+        return web.Response(status=status, body=body, content_type=_JSON, headers=headers)
+
+    async def _stats(self, _request: web.Request) -> web.Response:
+        """What the server counted so far, for runs against ``batchpoll simulate``."""
+        st = self.stats
+        arrivals = st.arrivals
+        span = arrivals[-1] - arrivals[0] if len(arrivals) > 1 else 0.0
+        body = {
+            "requests": st.requests,
+            "max_in_flight": st.max_in_flight,
+            "max_in_1s_window": st.max_in_window(1.0),
+            "busy_span_s": round(span, 3),
+            "rate_over_busy_span": round((len(arrivals) - 1) / span, 2) if span else 0.0,
+            "by_status": {str(k): v for k, v in sorted(st.by_status.items())},
+            "ids_polled": len(st.polls_by_id),
+        }
+        return web.Response(body=orjson.dumps(body), content_type=_JSON)
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        """Answer one poll (aiohttp handler); see the module docstring for the order of checks."""
+        stats = self.stats
+        now = time.monotonic()
+        stats.requests += 1
+        stats.arrivals.append(now)
+        stats.in_flight += 1
+        stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
+        self._notify()
+        try:
+            return await self._answer(request, now)
+        finally:
+            stats.in_flight -= 1
+            self._notify()
+
+    async def _answer(self, request: web.Request, now: float) -> web.Response:
+        s = self.settings
+        if s.api_key is not None and request.headers.get("X-CEKURA-API-KEY") != s.api_key:
+            return self._reply(401, _UNAUTHORIZED)
+        if self._limiter is not None and not self._limiter.admit(now):
+            self.stats.throttled_at.append(now)
+            return self._reply(429, _THROTTLED, self._retry_headers)
+        if s.error_rate and self._faults.random() < s.error_rate:
+            status = _FAULTS[int(self._faults.random() * len(_FAULTS))]
+            return self._reply(status, _SERVER_ERROR)
+        if s.latency:
+            await asyncio.sleep(s.latency)
+        # rel_url.query is already percent-decoded: the id arrives exactly as the client had it.
+        pid = request.rel_url.query.get("progress_id")
+        if not pid:
+            return self._reply(400, _REQUIRED if pid is None else _BLANK)
+        polls = self.stats.polls_by_id[pid] = self.stats.polls_by_id.get(pid, 0) + 1
+        if pid.startswith("notfound-"):
+            return self._reply(404, _NOT_FOUND)
+        if pid.startswith("reject-"):
+            return self._reply(400, _INVALID)
+        if pid.startswith("flaky-"):
+            return self._reply(503, _UNAVAILABLE)
+        return self._reply(200, _progress_body(pid, s, polls))
+
+
+def _loopback(host: str) -> str:
+    """*host* as an address to bind, or ValueError if it is not a loopback address."""
+    host = "127.0.0.1" if host == "localhost" else host
+    try:
+        if ipaddress.ip_address(host).is_loopback:
+            return host
+    except ValueError:
+        pass
+    raise ValueError(f"the simulator binds loopback only (127.0.0.1 or ::1), not {host!r}")
+
+
+_DEFAULT_SETTINGS: Final = SimSettings()
+
+
+@asynccontextmanager
+async def running_simulator(
+    settings: SimSettings = _DEFAULT_SETTINGS, *, host: str = "127.0.0.1", port: int = 0
+) -> AsyncIterator[Simulator]:
+    """Serve *settings* on loopback (port 0 = a free port) for the ``async with`` block.
+
+    Raises ValueError for a non-loopback *host*. A client hanging up cancels its request's
+    handler, and exit does not wait for requests still sleeping in ``latency``.
+    """
+    host = _loopback(host)
+    sim = Simulator(settings)
+    app = web.Application()
+    for path in dict.fromkeys((settings.path, SDK_PATH, SDK_PATH + "/")):
+        app.router.add_get(path, sim._handle, allow_head=False)
+    app.router.add_get(STATS_PATH, sim._stats, allow_head=False)
+    runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=0)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+        bound = runner.addresses[0][1]
+        sim.url = f"http://[{host}]:{bound}" if ":" in host else f"http://{host}:{bound}"
+        yield sim
+    finally:
+        await runner.cleanup()
+
+
+async def _serve_until_signal(settings: SimSettings, host: str, port: int) -> None:
+    # Listen for signals before binding, so one sent right after the banner is not lost.
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with running_simulator(settings, host=host, port=port) as sim:
+            print(f"simulator listening on {sim.url}", file=sys.stderr, flush=True)
+            async for _ in signals:
+                break
+
+
+def serve(settings: SimSettings, host: str = "127.0.0.1", port: int = 8080) -> None:
+    """Serve until SIGINT or SIGTERM, then return; ValueError for a non-loopback *host*."""
+    anyio.run(_serve_until_signal, settings, _loopback(host), port)
+
+
+def add_knobs(parser: argparse.ArgumentParser) -> None:
+    """The ``batchpoll simulate`` options that set ``SimSettings``."""
+    d = _DEFAULT_SETTINGS
+    parser.add_argument("--seed", type=int, default=d.seed, help="fixes every id's fate")
+    parser.add_argument(
+        "--api-key-file", metavar="PATH", help="answer 401 unless requests carry this key"
+    )
+    parser.add_argument("--min-polls", type=int, default=d.min_polls, metavar="K")
+    parser.add_argument("--max-polls", type=int, default=d.max_polls, metavar="K")
+    parser.add_argument("--pending", action="store_true", help="every id stays in progress")
+    parser.add_argument("--latency", type=float, default=d.latency, metavar="S")
+    parser.add_argument("--rate-limit", type=float, default=None, metavar="R", help="429 above R/s")
+    parser.add_argument("--rate-burst", type=int, default=d.rate_burst, metavar="B")
+    parser.add_argument(
+        "--retry-after", default=d.retry_after, metavar="VALUE", help="Retry-After of 429s"
+    )
+    parser.add_argument("--no-retry-after", action="store_true", help="429s without Retry-After")
+    parser.add_argument("--error-rate", type=float, default=d.error_rate, metavar="F")
+
+
+def settings_from_args(args: argparse.Namespace) -> SimSettings:
+    """``SimSettings`` from ``add_knobs``' options; ValueError for values that cannot work."""
+    key = None
+    if args.api_key_file:
+        try:
+            key = Path(args.api_key_file).read_text().strip()
+        except OSError as exc:
+            raise ValueError(f"cannot read {args.api_key_file}: {exc.strerror}") from None
+    return SimSettings(
+        seed=args.seed,
+        api_key=key,
+        min_polls=args.min_polls,
+        max_polls=args.max_polls,
+        pending=args.pending,
+        latency=args.latency,
+        rate_limit=args.rate_limit,
+        rate_burst=args.rate_burst,
+        retry_after=None if args.no_retry_after else args.retry_after,
+        error_rate=args.error_rate,
+    )
