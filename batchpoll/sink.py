@@ -10,15 +10,44 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
+from typing import Final, Protocol
 
+import anyio
 import orjson
+from anyio.streams.memory import MemoryObjectReceiveStream
 
 from .errors import InputFileError
 from .records import Record
 
 STDOUT = "-"
+#: Most records written in one batch (one syscall), and the record stream's buffer.
+SINK_BUFFER: Final = 1024
+
+
+class RecordSink(Protocol):
+    """Where finished records go; ``write`` gets whole batches so a file sees few syscalls."""
+
+    def write(self, records: Sequence[Record]) -> None: ...
+
+
+async def write_records(
+    rec_rx: MemoryObjectReceiveStream[Record],
+    sink: RecordSink,
+    written: Callable[[Sequence[Record]], None],
+) -> None:
+    """The sink stage: write whatever records are waiting as one batch, until the stream ends."""
+    async with rec_rx:
+        async for record in rec_rx:
+            batch = [record]
+            while len(batch) < SINK_BUFFER:
+                try:
+                    batch.append(rec_rx.receive_nowait())
+                except (anyio.WouldBlock, anyio.EndOfStream):
+                    break
+            sink.write(batch)
+            written(batch)
 
 
 class LineSink:

@@ -1,0 +1,370 @@
+"""The run as a bounded pipeline: reader → scheduler → workers → scheduler → sink.
+
+::
+
+    items ──reader──▶ new ids (stream, READ_AHEAD) ──┐
+                                                     ▼
+                 ┌──────────── scheduler: DueQueue of Slots, Gcra, pause ───────────┐
+                 │ due slots (stream, ≤ concurrency)          results (Mailbox)     │
+                 ▼                                                 ▲                ▼
+           N workers ── ApiClient.poll ────────────────────────────┘     records (stream) ──▶ sink
+
+One scheduler task owns every per-id state, so none of it needs a lock. It waits on one
+``Mailbox`` for whatever comes first: a worker's result, a newly read id, or the next due time.
+Waiting belongs to the scheduler's heap, never to a sleeping task per id.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from collections.abc import AsyncIterable, Awaitable, Callable, Sequence
+from random import Random
+from typing import Final
+
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from structlog.typing import FilteringBoundLogger
+
+from .config import Settings
+from .errors import BatchpollError
+from .lifecycle import Policy, Slot, advance, expired, finish, note_sent
+from .ratelimit import Gcra
+from .records import IN_PROGRESS, Answer, Outcome, Record, Throttled, Transient
+from .records import TERMINAL_STATUSES as TERMINAL
+from .schedule import DueQueue
+from .sink import SINK_BUFFER, RecordSink, write_records
+from .source import InvalidInput, Item
+from .stats import RunStats
+
+#: How many read ids may wait between the reader and the scheduler.
+READ_AHEAD: Final = 1024
+_HEARTBEAT_S: Final = 10.0
+
+Poller = Callable[[str], Awaitable[Outcome]]
+# Newly read ids with the (monotonic) time they were read, which is when they fall due.
+_NewIds = MemoryObjectReceiveStream[tuple[float, str]]
+_Records = MemoryObjectSendStream[Record]
+
+
+class Mailbox:
+    """Results from workers, plus wake-ups, for the one scheduler task.
+
+    A deque and an Event rather than a memory stream: waiting on it with a timeout must never
+    lose an item (a cancelled ``receive`` can). It holds at most one result per worker.
+    """
+
+    __slots__ = ("_event", "items")
+
+    def __init__(self) -> None:
+        self.items: deque[tuple[Slot, Outcome]] = deque()
+        self._event = anyio.Event()
+
+    def post(self, slot: Slot, outcome: Outcome) -> None:
+        self.items.append((slot, outcome))
+        self._event.set()
+
+    def wake(self) -> None:
+        self._event.set()
+
+    async def wait(self, seconds: float) -> None:
+        """Return when something was posted or woken, or after *seconds*."""
+        if not self.items:
+            with anyio.move_on_after(seconds):
+                await self._event.wait()
+        self._event = anyio.Event()
+
+
+def _collapse(group: BaseExceptionGroup[Exception]) -> BaseException:
+    """One error out of a task group's: several workers meeting the same 401 is one error."""
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [group]
+    while pending:
+        exc = pending.pop()
+        if isinstance(exc, BaseExceptionGroup):
+            pending.extend(exc.exceptions)
+        else:
+            leaves.append(exc)
+    fatal = [exc for exc in leaves if isinstance(exc, BatchpollError)]
+    return fatal[0] if len(fatal) == len(leaves) else group
+
+
+class Engine:
+    """Polls every id of one run (one ``run`` per engine); see the module docstring."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        poll: Poller,
+        sink: RecordSink,
+        *,
+        log: FilteringBoundLogger,
+        stats: RunStats | None = None,
+        rng: Random | None = None,
+    ) -> None:
+        self.settings = settings
+        self.stats = stats or RunStats()
+        self._poll = poll
+        self._sink = sink
+        self._log = log
+        # Monotonic time must be anyio's: the deadline's cancel scope runs on it.
+        self._clock = anyio.current_time
+        self._wall = time.time
+        self._rng = rng or Random()
+        self._policy = Policy(
+            interval=settings.interval,
+            max_interval=settings.max_interval,
+            timeout=settings.timeout,
+            max_retries=settings.max_retries,
+        )
+        self._limiter = Gcra(settings.rate, settings.burst)
+        self._queue: DueQueue[Slot] = DueQueue()
+        self._mailbox = Mailbox()
+        self._in_flight: set[Slot] = set()
+        # A picked slot waiting for the limiter or a pause, and when it will be sendable.
+        self._held: tuple[Slot, float] | None = None
+        # How late a wake-up may be booked as on time: a quarter of an emission interval, which
+        # covers epoll's millisecond rounding at 200/s and leaves the rest of the interval for
+        # jitter between booking and the wire (see _dispatch).
+        self._slack = 0.25 / settings.rate
+        self._next_new: tuple[float, str] | None = None
+        self._reader_done = False
+        self._paused_until = -math.inf
+        self._unknown_statuses: set[str] = set()
+
+    async def run(self, items: AsyncIterable[Item]) -> RunStats:
+        """Poll every id in *items* to exactly one record; raise only what ends the run."""
+        new_tx, new_rx = anyio.create_memory_object_stream[tuple[float, str]](READ_AHEAD)
+        rec_tx, rec_rx = anyio.create_memory_object_stream[Record](SINK_BUFFER)
+        fatal: BaseExceptionGroup[Exception] | None = None
+        async with anyio.create_task_group() as outer:
+            outer.start_soon(self._heartbeat)
+            async with anyio.create_task_group() as sink_stage:
+                sink_stage.start_soon(write_records, rec_rx, self._sink, self._written)
+                with rec_tx, new_rx:
+                    try:
+                        async with anyio.create_task_group() as tg:
+                            tg.start_soon(self._read, items, new_tx, rec_tx.clone())
+                            await self._poll_until_done(new_rx, rec_tx)
+                    except* Exception as group:
+                        # Keep it until the sink has written every record that did finish.
+                        fatal = group
+            outer.cancel_scope.cancel()
+        if fatal is not None:
+            raise _collapse(fatal)
+        return self.stats
+
+    # -- reader ---------------------------------------------------------------------------
+
+    async def _read(
+        self,
+        items: AsyncIterable[Item],
+        new_tx: MemoryObjectSendStream[tuple[float, str]],
+        rec_tx: _Records,
+    ) -> None:
+        async with new_tx, rec_tx:
+            async for item in items:
+                self.stats.ids += 1
+                if isinstance(item, InvalidInput):
+                    await rec_tx.send(
+                        Record(progress_id=item.text, status="invalid_input", error=item.reason)
+                    )
+                    continue
+                # The read time is the id's due time: earliest-due-first then interleaves
+                # new ids with re-polls instead of starving either.
+                await new_tx.send((self._clock(), item))
+                self._mailbox.wake()
+        self.stats.input_done = True
+        best = self.stats.ids / self.settings.rate
+        self._log.info("input_read", ids=self.stats.ids, best_interval_s=round(best, 3))
+        if best > self.settings.max_interval:
+            self._log.warning(
+                "rate_too_low",
+                ids=self.stats.ids,
+                rate=self.settings.rate,
+                best_interval_s=round(best, 3),
+                max_interval=self.settings.max_interval,
+                hint="each id can be polled at best every ids/rate seconds",
+            )
+        self._mailbox.wake()
+
+    # -- scheduler --------------------------------------------------------------------------
+
+    async def _poll_until_done(
+        self,
+        new_rx: _NewIds,
+        rec_tx: _Records,
+    ) -> None:
+        s = self.settings
+        deadline = math.inf if s.deadline is None else self._clock() + s.deadline
+        due_tx, due_rx = anyio.create_memory_object_stream[Slot](s.concurrency)
+        with anyio.CancelScope(deadline=deadline) as scope:
+            async with anyio.create_task_group() as workers, due_tx, due_rx:
+                for _ in range(s.concurrency):
+                    workers.start_soon(self._work, due_rx.clone())
+                await self._dispatch(new_rx, due_tx, rec_tx)
+        if scope.cancelled_caught:
+            await self._expire_all(new_rx, rec_tx)
+
+    async def _work(self, due_rx: MemoryObjectReceiveStream[Slot]) -> None:
+        async with due_rx:
+            async for slot in due_rx:
+                self._mailbox.post(slot, await self._poll(slot.pid))
+
+    async def _dispatch(
+        self,
+        new_rx: _NewIds,
+        due_tx: MemoryObjectSendStream[Slot],
+        rec_tx: _Records,
+    ) -> None:
+        concurrency = self.settings.concurrency
+        while True:
+            await self._take_results(rec_tx)
+            now = self._clock()
+            if len(self._in_flight) >= concurrency:
+                await self._mailbox.wait(math.inf)
+                continue
+            slot: Slot | None
+            sendable_at: float | None = None
+            if self._held is not None:
+                (slot, sendable_at), self._held = self._held, None
+            else:
+                slot = self._pick(new_rx, now)
+            if slot is None:
+                if self._reader_done and not self._in_flight and not self._queue:
+                    return
+                due = self._queue.next_due()
+                await self._mailbox.wait(math.inf if due is None else due - now)
+                continue
+            if expired(slot, now):
+                await self._emit(rec_tx, finish(slot, "timed_out", self._wall()))
+                continue
+            ready_at = max(self._paused_until, now + self._limiter.wait_time(now))
+            if ready_at > now:
+                self._held = (slot, ready_at)
+                await self._mailbox.wait(ready_at - now)
+                continue
+            # Timers fire a little late (epoll counts whole milliseconds). Booking the request
+            # when it became sendable, forgiving at most a quarter interval, keeps that lateness
+            # from piling up into a lower rate (ATM's GCRA calls this delay-variation
+            # tolerance); any window then holds at most rate*t + burst + 1/4 requests.
+            booked = now if sendable_at is None else max(sendable_at, now - self._slack)
+            self._limiter.reserve(booked)
+            note_sent(slot, self._policy, now, self._wall())
+            self._in_flight.add(slot)
+            self.stats.requests += 1
+            self.stats.in_flight = len(self._in_flight)
+            # Never blocks: the buffer holds `concurrency` and at most that many are in flight.
+            due_tx.send_nowait(slot)
+
+    def _pick(self, new_rx: _NewIds, now: float) -> Slot | None:
+        """The earliest-due slot: a re-poll from the queue or a newly read id, or None."""
+        if self._next_new is None and not self._reader_done:
+            try:
+                self._next_new = new_rx.receive_nowait()
+            except anyio.WouldBlock:
+                pass
+            except anyio.EndOfStream:
+                self._reader_done = True
+        due = self._queue.next_due()
+        if self._next_new is not None and (due is None or self._next_new[0] < due):
+            pid = self._next_new[1]
+            self._next_new = None
+            return Slot(pid)
+        return self._queue.pop_due(now)
+
+    async def _take_results(self, rec_tx: _Records) -> None:
+        items = self._mailbox.items
+        while items:
+            slot, outcome = items.popleft()
+            self._in_flight.discard(slot)
+            self.stats.in_flight = len(self._in_flight)
+            now = self._clock()
+            self._note(slot, outcome, now)
+            step = advance(slot, outcome, self._policy, now, self._wall(), self._rng)
+            if isinstance(step, Record):
+                await self._emit(rec_tx, step)
+            else:
+                self._queue.push(step, slot)
+
+    def _note(self, slot: Slot, outcome: Outcome, now: float) -> None:
+        """Count what one outcome says about the run (throttling, retries, odd statuses)."""
+        match outcome:
+            case Throttled(retry_after=retry_after):
+                self.stats.throttled += 1
+                if retry_after is not None and now + retry_after > self._paused_until:
+                    start = max(now, self._paused_until)
+                    self._paused_until = now + retry_after
+                    self.stats.paused_s += self._paused_until - start
+                    self._log.info("run_paused", seconds=retry_after, reason=outcome.reason)
+            case Transient(reason=reason):
+                self.stats.retries += 1
+                self._log.debug("poll_failed", progress_id=slot.pid, reason=reason)
+            case Answer(status=status) if (
+                status != IN_PROGRESS
+                and status not in TERMINAL
+                and status not in self._unknown_statuses
+            ):
+                self._unknown_statuses.add(status)
+                self._log.warning("unknown_status", status=status, progress_id=slot.pid)
+
+    async def _expire_all(
+        self,
+        new_rx: _NewIds,
+        rec_tx: _Records,
+    ) -> None:
+        """The run's deadline passed: every id without a record gets ``timed_out``."""
+        self._log.warning("deadline_reached", deadline_s=self.settings.deadline)
+        await self._take_results(rec_tx)  # answers that made it back still count
+        wall = self._wall()
+        left = [*self._in_flight, *self._queue.pop_all()]
+        if self._held is not None:
+            left.append(self._held[0])
+        if self._next_new is not None:
+            left.append(Slot(self._next_new[1]))
+        self._in_flight.clear()
+        self.stats.in_flight = 0
+        for slot in left:
+            await self._emit(rec_tx, finish(slot, "timed_out", wall))
+        async for _, pid in new_rx:
+            await self._emit(rec_tx, finish(Slot(pid), "timed_out", wall))
+
+    @staticmethod
+    async def _emit(rec_tx: _Records, record: Record) -> None:
+        try:
+            rec_tx.send_nowait(record)
+        except anyio.WouldBlock:
+            # Shielded: a finished record must reach the sink even while the run is cancelled.
+            with anyio.CancelScope(shield=True):
+                await rec_tx.send(record)
+
+    # -- sink and heartbeat -----------------------------------------------------------------
+
+    def _written(self, batch: Sequence[Record]) -> None:
+        fail_on = self.settings.fail_on
+        for rec in batch:
+            self.stats.done += 1
+            self.stats.by_status[rec.status] += 1
+            if rec.status in fail_on:
+                self._log.warning(
+                    "id_finished",
+                    progress_id=rec.progress_id,
+                    status=rec.status,
+                    polls=rec.polls,
+                    error=rec.error,
+                )
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await anyio.sleep(_HEARTBEAT_S)
+            st = self.stats
+            self._log.info(
+                "heartbeat",
+                done=st.done,
+                total=st.ids if st.input_done else None,
+                read=st.ids,
+                by_status=dict(st.by_status),
+                in_flight=st.in_flight,
+                request_rate=round(st.requests / st.elapsed(), 2),
+            )
