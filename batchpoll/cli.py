@@ -1,0 +1,241 @@
+"""argv → exit code. The only place an error becomes an exit code (see ``errors``)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
+from typing import Any, BinaryIO, TypeVar
+
+import anyio
+import orjson
+
+from . import __version__
+from .config import Settings, describe, load_settings
+from .errors import BatchpollError, InputFileError, UsageError
+from .sink import STDOUT, LineSink, prepare_output
+from .source import Item, aiter_items
+
+_CHUNK = 64 * 1024
+SIGPIPE_EXIT = 141
+_E = TypeVar("_E", bound=BaseException)
+
+
+def _run_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "run", help="poll every id in INPUT until it ends", argument_default=argparse.SUPPRESS
+    )
+    p.add_argument("input", metavar="INPUT", help="file of progress ids, or - for stdin")
+    p.add_argument("-o", "--output", metavar="PATH", help="JSON-lines sink; - is stdout (default)")
+    p.add_argument("--config", metavar="PATH", help="TOML file of settings (see configs/)")
+    p.add_argument("--api-key-file", metavar="PATH", help="read the API key from this file")
+    p.add_argument("--base-url", metavar="URL", help="API origin (env CEKURA_API_URL)")
+    p.add_argument("--path", metavar="P", help="progress endpoint path")
+    p.add_argument("--concurrency", metavar="N", help="most requests in flight (32)")
+    p.add_argument("--rate", metavar="R", help="most requests per second, all ids together (10)")
+    p.add_argument("--burst", metavar="B", help="requests allowed back-to-back above the rate (1)")
+    p.add_argument("--interval", metavar="S", help="first wait between polls of one id (3)")
+    p.add_argument("--max-interval", metavar="S", help="cap of the growing wait (30)")
+    p.add_argument("--timeout", metavar="S", help="per-id budget from its first poll (3600)")
+    p.add_argument("--deadline", metavar="S", help="whole-run budget (none)")
+    p.add_argument("--request-timeout", metavar="S", help="budget of one HTTP attempt (30)")
+    p.add_argument(
+        "--max-retries", metavar="N", help="transient failures in a row that end an id (8)"
+    )
+    p.add_argument("--resume", action="store_true", help="keep what OUTPUT holds, poll the rest")
+    p.add_argument("--overwrite", action="store_true", help="empty a non-empty OUTPUT first")
+    p.add_argument("--retry-statuses", metavar="LIST", help="with --resume: re-poll these statuses")
+    p.add_argument("--fail-on", metavar="LIST", help="statuses that make the exit code 1, or none")
+    p.add_argument("--summary", metavar="PATH", help="write the run summary as JSON")
+    p.add_argument("--log-format", metavar="FMT", help="json | console | auto")
+    p.add_argument("--log-level", metavar="LEVEL", help="debug | info | warning | error")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress view")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="batchpoll",
+        description="Poll many Cekura progress ids at once, within the API's limits.",
+    )
+    parser.add_argument("--version", action="version", version=f"batchpoll {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _run_parser(sub)
+    sim = sub.add_parser("simulate", help="serve a fake Cekura API on loopback")
+    sim.add_argument("--host", default="127.0.0.1")
+    sim.add_argument("--port", type=int, default=8080)
+    from .simulator import add_knobs  # the simulator owns the list of its knobs
+
+    add_knobs(sim)
+    demo = sub.add_parser("demo", help="simulator + run in one process; prints a summary")
+    demo.add_argument("--ids", type=int, default=2000, metavar="N", help="how many ids (2000)")
+    demo.add_argument("--seed", type=int, default=7)
+    demo.add_argument("--dir", default="batchpoll-demo", help="where the ids and results go")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the process exit code."""
+    args = _parser().parse_args(argv)
+    command: Callable[[argparse.Namespace], int] = _COMMANDS[args.command]
+    try:
+        return command(args)
+    except KeyboardInterrupt:
+        return 130
+    except BaseException as exc:
+        if (broken := _find(exc, BrokenPipeError)) is not None:
+            del broken
+            # Like other Unix tools: a reader that went away is no error of ours to report.
+            _silence_stdout()
+            return SIGPIPE_EXIT
+        error = _find(exc, BatchpollError)
+        if error is None:
+            raise
+        print(f"batchpoll: error: {error}", file=sys.stderr)
+        return error.exit_code
+
+
+def _find(exc: BaseException, kind: type[_E]) -> _E | None:
+    """The first *kind* in *exc*, looking inside exception groups (task groups raise those)."""
+    if isinstance(exc, kind):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            if (found := _find(inner, kind)) is not None:
+                return found
+    return None
+
+
+def _silence_stdout() -> None:
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+
+
+# -- run ---------------------------------------------------------------------------------------
+
+
+def _flags(args: argparse.Namespace) -> dict[str, object]:
+    skip = {"command", "input", "config", "api_key_file", "overwrite"}
+    return {k: v for k, v in vars(args).items() if k not in skip}
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    settings = load_settings(
+        _flags(args), os.environ, getattr(args, "config", None), getattr(args, "api_key_file", None)
+    )
+    return run_settings(settings, args.input, overwrite=getattr(args, "overwrite", False))
+
+
+def run_settings(settings: Settings, input_path: str, *, overwrite: bool = False) -> int:
+    """Run one poll job as the CLI does; return its exit code."""
+    from . import logs
+    from .stats import RunStats, exit_code
+
+    logs.configure(
+        settings.log_format,
+        settings.log_level,
+        secret=settings.api_key.reveal() if settings.api_key else None,
+    )
+    log = logs.get_logger()
+    source = _open_input(input_path)
+    prior = prepare_output(
+        settings.output,
+        resume=settings.resume,
+        overwrite=overwrite,
+        retry_statuses=settings.retry_statuses,
+    )
+    stats = RunStats()
+    stats.by_status.update(prior.statuses)
+    if prior.done or prior.torn_bytes:
+        log.info(
+            "resumed",
+            kept=len(prior.done),
+            replaced=prior.replaced,
+            torn_bytes_cut=prior.torn_bytes,
+        )
+    log.info("run_started", **describe(settings))
+    sink = LineSink(settings.output)
+    try:
+        anyio.run(_run_engine, settings, source, prior.done, sink, stats, log)
+    finally:
+        sink.close()
+        source.close()
+    summary = stats.summary()
+    summary["resumed"] = len(prior.done)
+    code = exit_code(stats.by_status, settings.fail_on)
+    summary["exit_code"] = code
+    log.info("run_finished", **summary)
+    if settings.summary:
+        _write_summary(settings.summary, summary)
+    return code
+
+
+async def _run_engine(
+    settings: Settings, source: BinaryIO, done: set[str], sink: LineSink, stats: Any, log: Any
+) -> None:
+    from .client import ApiClient
+    from .engine import Engine
+
+    async with ApiClient(settings) as client:
+        engine = Engine(settings, client.poll, sink, log=log, stats=stats)
+        await engine.run(_skip_done(aiter_items(_read_chunks(source)), done))
+
+
+def _open_input(path: str) -> BinaryIO:
+    if path == STDOUT:
+        return sys.stdin.buffer
+    try:
+        return open(path, "rb")
+    except OSError as exc:
+        raise InputFileError(f"cannot read input {path}: {exc.strerror}") from None
+
+
+async def _read_chunks(source: BinaryIO) -> AsyncIterator[bytes]:
+    name = getattr(source, "name", "input")
+    afile = anyio.wrap_file(source)
+    try:
+        while chunk := await afile.read(_CHUNK):
+            yield chunk
+    except OSError as exc:
+        raise InputFileError(f"cannot read input {name}: {exc.strerror}") from None
+
+
+async def _skip_done(items: AsyncIterator[Item], done: set[str]) -> AsyncIterator[Item]:
+    async for item in items:
+        key = item if isinstance(item, str) else item.text
+        if key not in done:
+            yield item
+
+
+def _write_summary(path: str, summary: dict[str, Any]) -> None:
+    try:
+        Path(path).write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2) + b"\n")
+    except OSError as exc:
+        raise InputFileError(f"cannot write summary {path}: {exc.strerror}") from None
+
+
+# -- simulate and demo -------------------------------------------------------------------------
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from .simulator import serve, settings_from_args
+
+    try:
+        serve(settings_from_args(args), host=args.host, port=args.port)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(ids=args.ids, seed=args.seed, directory=Path(args.dir))
+
+
+_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "run": _cmd_run,
+    "simulate": _cmd_simulate,
+    "demo": _cmd_demo,
+}

@@ -1,0 +1,225 @@
+"""The real command line in a subprocess against the in-process simulator: exit codes and files."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import orjson
+import pytest
+from helpers import KEY
+
+from batchpoll.simulator import SimSettings, Simulator, running_simulator, truth
+
+pytestmark = pytest.mark.anyio
+
+SIM = SimSettings(seed=11, api_key=KEY, min_polls=1, max_polls=2)
+FAST = ["--interval", "0.01", "--max-interval", "0.05", "--rate", "500", "--burst", "20"]
+
+
+def ids_ending(status: str, n: int, prefix: str = "cli") -> list[str]:
+    """The first *n* ids whose simulated fate is *status*."""
+    out = [pid for i in range(2000) if truth(pid := f"{prefix}-{i}", SIM)[0] == status]
+    return out[:n]
+
+
+async def batchpoll(
+    args: Sequence[str],
+    tmp_path: Path,
+    *,
+    stdin: bytes | None = None,
+    env: Mapping[str, str] | None = None,
+) -> tuple[int, bytes, bytes]:
+    """Run ``python -m batchpoll ARGS``; return (exit code, stdout, stderr)."""
+    import anyio
+
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("BATCHPOLL_", "CEKURA_"))}
+    base |= {"HOME": str(tmp_path), "CEKURA_API_KEY": KEY}
+    base |= dict(env or {})
+    base = {k: v for k, v in base.items() if v != ""}
+    proc = await anyio.run_process(
+        [sys.executable, "-m", "batchpoll", *args], input=stdin, env=base, check=False
+    )
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def write_ids(tmp_path: Path, ids: Sequence[str]) -> Path:
+    path = tmp_path / "ids.txt"
+    path.write_text("\n".join(ids) + "\n")
+    return path
+
+
+def lines(data: bytes) -> list[dict[str, object]]:
+    return [orjson.loads(line) for line in data.splitlines()]
+
+
+def run_args(sim: Simulator, ids: Path, *extra: str) -> list[str]:
+    return ["run", str(ids), "--base-url", sim.url, *FAST, *extra]
+
+
+async def test_exit_0_when_nothing_ends_in_fail_on(tmp_path: Path) -> None:
+    """All ids completed: one JSON line each on stdout and exit code 0."""
+    ids = ids_ending("completed", 20)
+    async with running_simulator(SIM) as sim:
+        code, out, err = await batchpoll(run_args(sim, write_ids(tmp_path, ids)), tmp_path)
+    assert code == 0, err
+    records = lines(out)
+    assert sorted(r["progress_id"] for r in records) == sorted(ids)
+    assert {r["status"] for r in records} == {"completed"}
+
+
+async def test_exit_1_when_an_id_fails_and_0_with_fail_on_none(tmp_path: Path) -> None:
+    """A failed id makes the exit code 1; --fail-on none makes it 0 again."""
+    ids = ids_ending("completed", 5) + ids_ending("failed", 1)
+    async with running_simulator(SIM) as sim:
+        path = write_ids(tmp_path, ids)
+        code, out, _ = await batchpoll(run_args(sim, path), tmp_path)
+        code_none, _, _ = await batchpoll(run_args(sim, path, "--fail-on", "none"), tmp_path)
+    assert code == 1
+    assert len(lines(out)) == 6
+    assert code_none == 0
+
+
+async def test_exit_3_on_a_refused_key_without_showing_it(tmp_path: Path) -> None:
+    """A wrong key stops the run with exit 3, saying where the key came from but not the key."""
+    wrong = "wrong-key-93af"
+    async with running_simulator(SIM) as sim:
+        code, out, err = await batchpoll(
+            run_args(sim, write_ids(tmp_path, ["a", "b"])), tmp_path, env={"CEKURA_API_KEY": wrong}
+        )
+    assert code == 3
+    assert b"env CEKURA_API_KEY" in err
+    assert wrong.encode() not in err + out
+    assert out == b""
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "needle"),
+    [
+        (["--rate", "-1"], {}, b"rate='-1' (from flag --rate): must be > 0"),
+        (["--concurrency", "0"], {}, b"concurrency='0' (from flag --concurrency)"),
+        ([], {"BATCHPOLL_INTERVAL": "soon"}, b"env BATCHPOLL_INTERVAL"),
+        ([], {"CEKURA_API_KEY": ""}, b"CEKURA_API_KEY"),
+        (["--log-format", "xml"], {}, b"log_format"),
+    ],
+    ids=["negative-rate", "zero-concurrency", "env-not-a-number", "no-key", "bad-log-format"],
+)
+async def test_exit_2_on_bad_settings(
+    tmp_path: Path, args: list[str], env: dict[str, str], needle: bytes
+) -> None:
+    """A bad setting exits 2 with a message naming it and its source, and no traceback."""
+    ids = write_ids(tmp_path, ["a"])
+    code, out, err = await batchpoll(
+        ["run", str(ids), "--base-url", "http://127.0.0.1:9", *args], tmp_path, env=env
+    )
+    assert code == 2
+    assert needle in err
+    assert b"Traceback" not in err
+    assert out == b""
+
+
+async def test_exit_2_on_unknown_config_key(tmp_path: Path) -> None:
+    """An unknown key in --config exits 2, naming the key and the file."""
+    config = tmp_path / "c.toml"
+    config.write_text("rate = 5\nconcurency = 3\n")
+    code, _, err = await batchpoll(
+        ["run", str(write_ids(tmp_path, ["a"])), "--config", str(config)], tmp_path
+    )
+    assert code == 2
+    assert b"concurency" in err
+    assert str(config).encode() in err
+
+
+async def test_exit_2_on_missing_input_file(tmp_path: Path) -> None:
+    """An input file that does not exist exits 2 with its name."""
+    code, _, err = await batchpoll(["run", str(tmp_path / "nope.txt")], tmp_path)
+    assert code == 2
+    assert b"nope.txt" in err
+    assert b"Traceback" not in err
+
+
+async def test_exit_2_on_usage_error(tmp_path: Path) -> None:
+    """An unknown flag is a usage error: exit 2."""
+    code, _, err = await batchpoll(["run", "x", "--no-such-flag"], tmp_path)
+    assert code == 2
+    assert b"--no-such-flag" in err
+
+
+async def test_stdin_input_output_file_and_summary(tmp_path: Path) -> None:
+    """Ids from stdin go to -o FILE, and --summary writes the run's counts as JSON."""
+    ids = [*ids_ending("completed", 10), "notfound-1", "bad id"]
+    out_path, summary_path = tmp_path / "out.jsonl", tmp_path / "summary.json"
+    async with running_simulator(SIM) as sim:
+        code, out, err = await batchpoll(
+            [
+                "run",
+                "-",
+                "-o",
+                str(out_path),
+                "--summary",
+                str(summary_path),
+                "--base-url",
+                sim.url,
+                *FAST,
+            ],
+            tmp_path,
+            stdin="\n".join(ids).encode(),
+        )
+    assert code == 1, err  # not_found and invalid_input are in the default --fail-on
+    assert out == b""
+    records = lines(out_path.read_bytes())
+    assert len(records) == 12
+    summary = orjson.loads(summary_path.read_bytes())
+    assert summary["by_status"] == {"completed": 10, "not_found": 1, "invalid_input": 1}
+    assert summary["exit_code"] == 1
+
+
+async def test_logs_are_json_on_a_pipe_with_the_key_masked(tmp_path: Path) -> None:
+    """On a non-terminal stderr the logs are JSON lines: a start event and a final summary."""
+    async with running_simulator(SIM) as sim:
+        code, _, err = await batchpoll(
+            run_args(sim, write_ids(tmp_path, ids_ending("completed", 3)), "--log-level", "debug"),
+            tmp_path,
+        )
+    assert code == 0
+    events = {e["event"]: e for e in lines(err)}
+    assert events["run_started"]["api_key"] == "***"
+    assert events["run_started"]["api_key_source"] == "env CEKURA_API_KEY"
+    assert events["run_finished"]["by_status"] == {"completed": 3}
+    assert KEY.encode() not in err
+
+
+async def test_non_empty_output_is_refused_without_resume(tmp_path: Path) -> None:
+    """An OUTPUT that holds records is never replaced silently: exit 2 naming both ways out."""
+    out_path = tmp_path / "out.jsonl"
+    out_path.write_text('{"progress_id": "x", "status": "completed"}\n')
+    code, _, err = await batchpoll(
+        ["run", str(write_ids(tmp_path, ["a"])), "-o", str(out_path)], tmp_path
+    )
+    assert code == 2
+    assert b"--resume" in err
+    assert b"--overwrite" in err
+    assert out_path.read_text() == '{"progress_id": "x", "status": "completed"}\n'
+
+
+async def test_resume_cuts_a_torn_line_and_polls_only_the_rest(tmp_path: Path) -> None:
+    """--resume keeps whole records, cuts a torn last line, and ends with one record per id."""
+    ids = ids_ending("completed", 6)
+    out_path = tmp_path / "out.jsonl"
+    async with running_simulator(SIM) as sim:
+        path = write_ids(tmp_path, ids[:3])
+        code, _, _ = await batchpoll(run_args(sim, path, "-o", str(out_path)), tmp_path)
+        assert code == 0
+        with out_path.open("ab") as f:
+            f.write(b'{"progress_id": "' + ids[3].encode() + b'", "sta')  # killed mid-write
+        polled_before = dict(sim.stats.polls_by_id)
+        path = write_ids(tmp_path, ids)
+        code, _, err = await batchpoll(
+            run_args(sim, path, "-o", str(out_path), "--resume"), tmp_path
+        )
+    assert code == 0, err
+    records = lines(out_path.read_bytes())
+    assert sorted(r["progress_id"] for r in records) == sorted(ids)
+    assert all(sim.stats.polls_by_id[pid] == polled_before[pid] for pid in ids[:3])
