@@ -62,7 +62,9 @@ def run_demo(*, ids: int, seed: int, directory: Path) -> int:
 
 
 async def _demo(ids_path: Path, out_path: Path, seed: int) -> RunStats:
-    sim = SimSettings(seed=seed, api_key=_KEY, latency=0.02, min_polls=1, max_polls=4)
+    sim = SimSettings(
+        seed=seed, api_key=_KEY, latency=0.02, min_polls=1, max_polls=4, error_rate=0.02
+    )
     async with running_simulator(sim) as server:
         settings = Settings(
             base_url=server.url,

@@ -40,7 +40,8 @@ from .stats import RunStats
 
 #: How many read ids may wait between the reader and the scheduler.
 READ_AHEAD: Final = 1024
-_HEARTBEAT_S: Final = 10.0
+#: Seconds between two heartbeat log events.
+HEARTBEAT_S: Final = 10.0
 
 Poller = Callable[[str], Awaitable[Outcome]]
 # Newly read ids with the (monotonic) time they were read, which is when they fall due.
@@ -102,6 +103,7 @@ class Engine:
         log: FilteringBoundLogger,
         stats: RunStats | None = None,
         rng: Random | None = None,
+        heartbeat_s: float = HEARTBEAT_S,
     ) -> None:
         self.settings = settings
         self.stats = stats or RunStats()
@@ -112,6 +114,7 @@ class Engine:
         self._clock = anyio.current_time
         self._wall = time.time
         self._rng = rng or Random()
+        self._heartbeat_s = heartbeat_s
         self._policy = Policy(
             interval=settings.interval,
             max_interval=settings.max_interval,
@@ -357,7 +360,7 @@ class Engine:
 
     async def _heartbeat(self) -> None:
         while True:
-            await anyio.sleep(_HEARTBEAT_S)
+            await anyio.sleep(self._heartbeat_s)
             st = self.stats
             self._log.info(
                 "heartbeat",

@@ -51,10 +51,13 @@ async def poll(
     lines: Iterable[str], sim: Simulator, sink: ListSink | None = None, **overrides: Any
 ) -> tuple[list[Record], RunStats]:
     """Run the engine over *lines* against *sim*; return the records and the run's stats."""
+    heartbeat_s = overrides.pop("heartbeat_s", 10.0)
     settings = replace(FAST, base_url=sim.url, **overrides)
     sink = sink if sink is not None else ListSink()
     async with ApiClient(settings) as client:
-        engine = Engine(settings, client.poll, sink, log=structlog.get_logger())
+        engine = Engine(
+            settings, client.poll, sink, log=structlog.get_logger(), heartbeat_s=heartbeat_s
+        )
         stats = await engine.run(items_of(lines))
     return sink.records, stats
 

@@ -207,3 +207,16 @@ async def test_auth_refused_stops_the_run_with_one_error() -> None:
     assert "env CEKURA_API_KEY" in str(error)
     assert KEY not in str(error)
     assert sink.records == []
+
+
+async def test_heartbeat_reports_progress_while_the_run_goes_on() -> None:
+    """The heartbeat logs done, total, statuses, requests in flight and the request rate."""
+    sim_settings = SimSettings(api_key=KEY, min_polls=3, max_polls=3)
+    with capture_logs() as logs:
+        async with running_simulator(sim_settings) as sim:
+            await poll([f"h-{i}" for i in range(20)], sim, rate=40.0, burst=1, heartbeat_s=0.2)
+    beats = [e for e in logs if e["event"] == "heartbeat"]
+    assert beats
+    assert {"done", "total", "by_status", "in_flight", "request_rate"} <= set(beats[-1])
+    assert beats[-1]["total"] == 20
+    assert 0 < beats[-1]["request_rate"] <= 40 + 1
