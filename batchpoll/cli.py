@@ -11,12 +11,14 @@ from typing import Any, BinaryIO, TypeVar
 
 import anyio
 import orjson
+from structlog.typing import FilteringBoundLogger
 
 from . import __version__
 from .config import Settings, describe, load_settings
 from .errors import BatchpollError, InputFileError, UsageError
 from .sink import STDOUT, LineSink, prepare_output
 from .source import Item, aiter_items
+from .stats import RunStats, exit_code
 
 _CHUNK = 64 * 1024
 SIGPIPE_EXIT = 141
@@ -130,7 +132,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def run_settings(settings: Settings, input_path: str, *, overwrite: bool = False) -> int:
     """Run one poll job as the CLI does; return its exit code."""
     from . import logs
-    from .stats import RunStats, exit_code
 
     logs.configure(
         settings.log_format,
@@ -138,7 +139,6 @@ def run_settings(settings: Settings, input_path: str, *, overwrite: bool = False
         secret=settings.api_key.reveal() if settings.api_key else None,
     )
     log = logs.get_logger()
-    source = _open_input(input_path)
     prior = prepare_output(
         settings.output,
         resume=settings.resume,
@@ -155,6 +155,7 @@ def run_settings(settings: Settings, input_path: str, *, overwrite: bool = False
             torn_bytes_cut=prior.torn_bytes,
         )
     log.info("run_started", **describe(settings))
+    source = _open_input(input_path)
     sink = LineSink(settings.output)
     try:
         anyio.run(_run_engine, settings, source, prior.done, sink, stats, log)
@@ -172,7 +173,12 @@ def run_settings(settings: Settings, input_path: str, *, overwrite: bool = False
 
 
 async def _run_engine(
-    settings: Settings, source: BinaryIO, done: set[str], sink: LineSink, stats: Any, log: Any
+    settings: Settings,
+    source: BinaryIO,
+    done: set[str],
+    sink: LineSink,
+    stats: RunStats,
+    log: FilteringBoundLogger,
 ) -> None:
     from .client import ApiClient
     from .engine import Engine
