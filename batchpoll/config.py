@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import hmac
+import ipaddress
 import math
 import tomllib
 from collections.abc import Callable, Mapping
@@ -79,6 +80,8 @@ class Settings:
     log_format: str = "auto"  # json | console | auto
     log_level: str = "info"  # debug | info | warning | error
     progress: bool = True
+    fsync: bool = False  # make every sink write durable before going on
+    allow_insecure_http: bool = False  # let the key travel over plain http to a non-loopback host
     api_key: Secret | None = None  # never a plain CLI value
     api_key_source: str = ""  # "env CEKURA_API_KEY", "file PATH" or "~/.cekura/config.toml"
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
@@ -269,6 +272,8 @@ _SPECS: Final[Mapping[str, _Spec]] = {
     "log_format": _Spec(_choice("json", "console", "auto")),
     "log_level": _Spec(_choice("debug", "info", "warning", "error")),
     "progress": _Spec(_bool),
+    "fsync": _Spec(_bool),
+    "allow_insecure_http": _Spec(_bool),
 }
 # api_key_file is resolved like an option but is not a Settings field: it only leads to the key.
 _RESOLVED: Final[Mapping[str, _Spec]] = {**_SPECS, _KEY_FILE: _Spec(_str, (_non_empty,))}
@@ -305,6 +310,7 @@ def load_settings(
         if (found := _find(name, given, env, from_file, f"file {config_path}")) is not None:
             values[name], sources[name] = _parse(name, spec, *found), found[1]
     _check_intervals(values, sources)
+    _check_transport(values, sources)
     key_file = values.pop(_KEY_FILE, None)
     key_file_source = sources.pop(_KEY_FILE)
     settings = Settings(**values, sources=MappingProxyType(sources))
@@ -314,6 +320,26 @@ def load_settings(
             raise MissingApiKey
         return settings
     return replace(settings, api_key=found_key[0], api_key_source=found_key[1])
+
+
+def _check_transport(values: Mapping[str, Any], sources: Mapping[str, str]) -> None:
+    url = values.get("base_url", _DEFAULTS.base_url)
+    parts = urlsplit(url)
+    if parts.scheme != "http" or values.get("allow_insecure_http", False):
+        return
+    host = parts.hostname or ""
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise ConfigError(
+            "base_url",
+            url,
+            sources["base_url"],
+            "plain http:// would send the API key in clear text: use https://, "
+            "or pass --allow-insecure-http",
+        )
 
 
 def _check_intervals(values: Mapping[str, Any], sources: Mapping[str, str]) -> None:

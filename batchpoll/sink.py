@@ -51,12 +51,18 @@ async def write_records(
 
 
 class LineSink:
-    """Appends records as JSON lines to a path, or to standard output for ``-``."""
+    """Appends records as JSON lines to a path, or to standard output for ``-``.
 
-    __slots__ = ("_fd", "_owned", "path")
+    Nothing is buffered in Python: each batch is in the kernel when ``write`` returns, so there
+    is nothing to flush on a timer or at exit; ``fsync`` adds durability against power loss.
+    """
 
-    def __init__(self, path: str) -> None:
+    __slots__ = ("_fd", "_fsync", "_owned", "path")
+
+    def __init__(self, path: str, *, fsync: bool = False) -> None:
+        """*fsync*: make each batch durable before returning (slower; survives power loss)."""
         self.path = path
+        self._fsync = fsync
         if path == STDOUT:
             sys.stdout.flush()
             self._fd, self._owned = sys.stdout.fileno(), False
@@ -72,6 +78,8 @@ class LineSink:
         try:
             while data:
                 data = data[os.write(self._fd, data) :]
+            if self._fsync and self._owned:
+                os.fsync(self._fd)
         except BrokenPipeError:
             raise
         except OSError as exc:

@@ -83,26 +83,26 @@ def test_option_names_are_the_settable_fields() -> None:
         ({"rate": None}, {}, "rate = 2", "rate", 2.0, "file"),
         (
             {},
-            {"BATCHPOLL_BASE_URL": "http://a.test", "CEKURA_API_URL": "http://b.test"},
-            'base_url = "http://c.test"',
+            {"BATCHPOLL_BASE_URL": "https://a.test", "CEKURA_API_URL": "https://b.test"},
+            'base_url = "https://c.test"',
             "base_url",
-            "http://a.test",
+            "https://a.test",
             "env BATCHPOLL_BASE_URL",
         ),
         (
             {},
-            {"CEKURA_API_URL": "http://b.test"},
-            'base_url = "http://c.test"',
+            {"CEKURA_API_URL": "https://b.test"},
+            'base_url = "https://c.test"',
             "base_url",
-            "http://b.test",
+            "https://b.test",
             "env CEKURA_API_URL",
         ),
         (
-            {"base_url": "http://f.test"},
-            {"CEKURA_API_URL": "http://b.test"},
+            {"base_url": "https://f.test"},
+            {"CEKURA_API_URL": "https://b.test"},
             "",
             "base_url",
-            "http://f.test",
+            "https://f.test",
             "flag --base-url",
         ),
         (
@@ -660,3 +660,27 @@ def test_default_toml_mentions_every_option() -> None:
         index = next((i for i, line in enumerate(lines) if re.match(rf"#? ?{name} = ", line)), None)
         assert index is not None, name
         assert lines[index - 1].startswith("# "), name
+
+
+@pytest.mark.parametrize(
+    ("url", "allowed"),
+    [
+        ("http://127.0.0.1:8080", True),
+        ("http://localhost:1", True),
+        ("http://[::1]:1", True),
+        ("https://api.cekura.ai", True),
+        ("http://api.cekura.ai", False),
+        ("http://10.1.2.3", False),
+    ],
+    ids=["loopback-v4", "localhost", "loopback-v6", "https", "remote-http", "private-http"],
+)
+def test_plain_http_only_to_loopback(url: str, allowed: bool) -> None:
+    """A plain http:// base URL is refused unless it is loopback or --allow-insecure-http."""
+    env = {"CEKURA_API_KEY": "k"}
+    if allowed:
+        assert load_settings({"base_url": url}, env, None, None).base_url == url
+        return
+    with pytest.raises(ConfigError, match="--allow-insecure-http"):
+        load_settings({"base_url": url}, env, None, None)
+    opened = load_settings({"base_url": url, "allow_insecure_http": True}, env, None, None)
+    assert opened.base_url == url

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import orjson
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from batchpoll.errors import InputFileError
 from batchpoll.records import Record
@@ -82,3 +84,40 @@ def test_unopenable_output_is_an_input_file_error(tmp_path: Path) -> None:
     """An output path in a missing directory raises InputFileError (exit 2), not OSError."""
     with pytest.raises(InputFileError, match="cannot open output"):
         LineSink(str(tmp_path / "no" / "such" / "dir.jsonl"))
+
+
+@given(
+    st.lists(
+        st.one_of(
+            st.tuples(st.just("record"), st.text(min_size=1, max_size=20)),
+            st.tuples(st.just("junk"), st.binary(max_size=40)),
+        ),
+        max_size=30,
+    ),
+    st.binary(max_size=30),
+)
+@settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+def test_resume_reader_never_crashes_or_loses_a_whole_record(
+    tmp_path: Path, parts: list[tuple[str, object]], tail: bytes
+) -> None:
+    """Over arbitrary bytes, every whole record line survives once and the file ends whole."""
+    path = tmp_path / "out.jsonl"
+    data, expected = b"", []
+    for kind, value in parts:
+        if kind == "record":
+            assert isinstance(value, str)
+            data += rec(value)
+            if value not in expected:
+                expected.append(value)
+        else:
+            assert isinstance(value, bytes)
+            data += value.replace(b"\n", b"") + b"\n"
+    path.write_bytes(data + tail.replace(b"\n", b""))
+    prior = prepare_output(str(path), resume=True, overwrite=False, retry_statuses=())
+    kept = path.read_bytes()
+    assert kept == b"" or kept.endswith(b"\n")
+    ids = [orjson.loads(line)["progress_id"] for line in kept.splitlines()]
+    assert len(ids) == len(set(ids)) == len(prior.done)
+    assert set(expected) <= prior.done
