@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO, TypeVar
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
 import anyio
+import anyio.abc
 import orjson
 from structlog.typing import FilteringBoundLogger
 
@@ -19,6 +21,9 @@ from .errors import BatchpollError, InputFileError, UsageError
 from .sink import STDOUT, LineSink, prepare_output
 from .source import Item, aiter_items
 from .stats import RunStats, exit_code
+
+if TYPE_CHECKING:
+    from .engine import Engine
 
 _CHUNK = 64 * 1024
 SIGPIPE_EXIT = 141
@@ -54,6 +59,12 @@ def _run_parser(sub: Any) -> None:
     p.add_argument("--log-format", metavar="FMT", help="json | console | auto")
     p.add_argument("--log-level", metavar="LEVEL", help="debug | info | warning | error")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress view")
+    p.add_argument("--fsync", action="store_true", help="make every write to OUTPUT durable")
+    p.add_argument(
+        "--allow-insecure-http",
+        action="store_true",
+        help="allow a plain http:// base URL that is not loopback",
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -156,7 +167,7 @@ def run_settings(settings: Settings, input_path: str, *, overwrite: bool = False
         )
     log.info("run_started", **describe(settings))
     source = _open_input(input_path)
-    sink = LineSink(settings.output)
+    sink = LineSink(settings.output, fsync=settings.fsync)
     try:
         anyio.run(_run_engine, settings, source, prior.done, sink, stats, log)
     finally:
@@ -165,6 +176,8 @@ def run_settings(settings: Settings, input_path: str, *, overwrite: bool = False
     summary = stats.summary()
     summary["resumed"] = len(prior.done)
     code = exit_code(stats.by_status, settings.fail_on)
+    if stats.signal is not None:
+        code = 128 + stats.signal
     summary["exit_code"] = code
     log.info("run_finished", **summary)
     if settings.summary:
@@ -180,12 +193,35 @@ async def _run_engine(
     stats: RunStats,
     log: FilteringBoundLogger,
 ) -> None:
+    # Imported here so `batchpoll --help` does not pay for aiohttp.
     from .client import ApiClient
     from .engine import Engine
 
-    async with ApiClient(settings) as client:
+    async with ApiClient(settings) as client, anyio.create_task_group() as tg:
         engine = Engine(settings, client.poll, sink, log=log, stats=stats)
+        await tg.start(_stop_on_signal, engine, stats, log)
         await engine.run(_skip_done(aiter_items(_read_chunks(source)), done))
+        tg.cancel_scope.cancel()
+
+
+async def _stop_on_signal(
+    engine: Engine,
+    stats: RunStats,
+    log: FilteringBoundLogger,
+    *,
+    task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """SIGINT/SIGTERM stop the engine gracefully; a second one exits at once."""
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        task_status.started()
+        async for signum in signals:
+            if stats.signal is not None:
+                # Every write is a whole batch of lines, done before this handler runs, so
+                # leaving without cleanup still leaves only whole lines behind.
+                os._exit(128 + signum)
+            stats.signal = signum
+            log.warning("stopping", signal=signal.Signals(signum).name)
+            engine.stop()
 
 
 def _open_input(path: str) -> BinaryIO:

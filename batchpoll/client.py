@@ -25,11 +25,17 @@ from .records import Answer, Broken, NotFound, Outcome, Rejected, Throttled, Tra
 MAX_BODY: Final = 10 * 1024 * 1024
 _MAX_REDIRECTS: Final = 3
 _KEY_HEADER: Final = "X-CEKURA-API-KEY"
+_JSON: Final = "application/json"
 
 
-def classify(status: int, body: bytes, retry_after: str | None, *, wall: float) -> Outcome:
-    """Map one HTTP answer (status, body, Retry-After header) to an outcome; 401/403 raise."""
+def classify(
+    status: int, body: bytes, retry_after: str | None, *, wall: float, content_type: str = _JSON
+) -> Outcome:
+    """Map one HTTP answer (status, body, headers) to an outcome; 401/403 raise in the caller."""
     match status:
+        case 200 if "json" not in content_type:
+            # An HTML error page from a proxy is not an answer, even if it parses.
+            return Transient(reason=f"unreadable body: content type {content_type or 'missing'}")
         case 200:
             return parse_progress(body)
         case 400:
@@ -158,7 +164,11 @@ class ApiClient:
                 if body is None:
                     return Transient(reason=f"unreadable body: larger than {MAX_BODY} bytes")
                 return classify(
-                    resp.status, body, resp.headers.get("Retry-After"), wall=time.time()
+                    resp.status,
+                    body,
+                    resp.headers.get("Retry-After"),
+                    wall=time.time(),
+                    content_type=resp.content_type,
                 )
         return Broken(reason=f"more than {_MAX_REDIRECTS} redirects")
 

@@ -27,6 +27,7 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from structlog.typing import FilteringBoundLogger
 
+from .adaptive import Aimd
 from .config import Settings
 from .errors import BatchpollError
 from .lifecycle import Policy, Slot, advance, expired, finish, note_sent
@@ -134,7 +135,24 @@ class Engine:
         self._next_new: tuple[float, str] | None = None
         self._reader_done = False
         self._paused_until = -math.inf
+        self._aimd = Aimd(settings.rate)
+        self._deadline_at = math.inf
+        # Cancelled at --deadline, or early when a pause would outlast it; made by run().
+        self._polling: anyio.CancelScope | None = None
+        # Reader, scheduler and workers, cancelled by stop(); made by run().
+        self._work_scope: anyio.CancelScope | None = None
+        self.stopped = False
         self._unknown_statuses: set[str] = set()
+
+    def stop(self) -> None:
+        """Stop at once: no new polls, requests in flight cancelled, reading ended.
+
+        Records of ids that already finished are still written; ids without one get none, so
+        a later ``--resume`` finishes them. ``run`` then returns normally.
+        """
+        self.stopped = True
+        if self._work_scope is not None:
+            self._work_scope.cancel()
 
     async def run(self, items: AsyncIterable[Item]) -> RunStats:
         """Poll every id in *items* to exactly one record; raise only what ends the run."""
@@ -148,6 +166,9 @@ class Engine:
                 with rec_tx, new_rx:
                     try:
                         async with anyio.create_task_group() as tg:
+                            self._work_scope = tg.cancel_scope
+                            if self.stopped:
+                                tg.cancel_scope.cancel()
                             tg.start_soon(self._read, items, new_tx, rec_tx.clone())
                             await self._poll_until_done(new_rx, rec_tx)
                     except* Exception as group:
@@ -200,9 +221,11 @@ class Engine:
         rec_tx: _Records,
     ) -> None:
         s = self.settings
-        deadline = math.inf if s.deadline is None else self._clock() + s.deadline
+        if s.deadline is not None:
+            self._deadline_at = self._clock() + s.deadline
         due_tx, due_rx = anyio.create_memory_object_stream[Slot](s.concurrency)
-        with anyio.CancelScope(deadline=deadline) as scope:
+        self._polling = anyio.CancelScope(deadline=self._deadline_at)
+        with self._polling as scope:
             async with anyio.create_task_group() as workers, due_tx, due_rx:
                 for _ in range(s.concurrency):
                     workers.start_soon(self._work, due_rx.clone())
@@ -292,18 +315,23 @@ class Engine:
                 self._queue.push(step, slot)
 
     def _note(self, slot: Slot, outcome: Outcome, now: float) -> None:
-        """Count what one outcome says about the run (throttling, retries, odd statuses)."""
+        """Learn what one outcome says about the run: throttling, retries, odd statuses."""
         match outcome:
-            case Throttled(retry_after=retry_after):
+            case Throttled(retry_after=None):
                 self.stats.throttled += 1
-                if retry_after is not None and now + retry_after > self._paused_until:
-                    start = max(now, self._paused_until)
-                    self._paused_until = now + retry_after
-                    self.stats.paused_s += self._paused_until - start
-                    self._log.info("run_paused", seconds=retry_after, reason=outcome.reason)
+                if self._aimd.throttled(now):
+                    self._limiter.set_rate(self._aimd.rate)
+                    self.stats.lowest_rate = self._aimd.lowest
+                    self._log.info("rate_lowered", rate=round(self._aimd.rate, 3))
+                return
+            case Throttled(retry_after=float(retry_after)):
+                self.stats.throttled += 1
+                self._pause(now, now + retry_after, outcome.reason)
+                return
             case Transient(reason=reason):
                 self.stats.retries += 1
                 self._log.debug("poll_failed", progress_id=slot.pid, reason=reason)
+                return
             case Answer(status=status) if (
                 status != IN_PROGRESS
                 and status not in TERMINAL
@@ -311,6 +339,22 @@ class Engine:
             ):
                 self._unknown_statuses.add(status)
                 self._log.warning("unknown_status", status=status, progress_id=slot.pid)
+        if self._aimd.clean(now):
+            self._limiter.set_rate(self._aimd.rate)
+
+    def _pause(self, now: float, until: float, reason: str) -> None:
+        """Hold every request until *until* (monotonic s), as a Retry-After asked."""
+        if until <= self._paused_until:
+            return
+        if until >= self._deadline_at:
+            # Sleeping through the pause could only end at the deadline: end the ids now.
+            self._log.warning("pause_outlasts_deadline", seconds=round(until - now, 3))
+            assert self._polling is not None, "results arrive only while polling"
+            self._polling.cancel()
+            return
+        self.stats.paused_s += until - max(now, self._paused_until)
+        self._paused_until = until
+        self._log.info("run_paused", seconds=round(until - now, 3), reason=reason)
 
     async def _expire_all(
         self,

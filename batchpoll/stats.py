@@ -23,6 +23,8 @@ class RunStats:
     throttled: int = 0
     in_flight: int = 0
     paused_s: float = 0.0
+    signal: int | None = None  # the signal that stopped the run early
+    lowest_rate: float | None = None  # lowest effective rate after 429s without Retry-After
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started
@@ -38,7 +40,9 @@ class RunStats:
             "retries": self.retries,
             "throttled": self.throttled,
             "paused_s": round(self.paused_s, 3),
+            "lowest_rate": None if self.lowest_rate is None else round(self.lowest_rate, 3),
             "elapsed_s": round(elapsed, 3),
+            "stopped_by_signal": self.signal,
             "request_rate": round(self.requests / elapsed, 2) if elapsed > 0 else 0.0,
         }
 

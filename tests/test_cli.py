@@ -223,3 +223,27 @@ async def test_resume_cuts_a_torn_line_and_polls_only_the_rest(tmp_path: Path) -
     records = lines(out_path.read_bytes())
     assert sorted(r["progress_id"] for r in records) == sorted(ids)
     assert all(sim.stats.polls_by_id[pid] == polled_before[pid] for pid in ids[:3])
+
+
+async def test_the_key_appears_nowhere_at_debug_level(tmp_path: Path) -> None:
+    """At --log-level debug, with failures of every kind, the key is in no byte of any output."""
+    ids = [*ids_ending("completed", 3), "flaky-1", "notfound-1", "reject-1", "bad id"]
+    out_path, summary_path = tmp_path / "out.jsonl", tmp_path / "summary.json"
+    async with running_simulator(SIM) as sim:
+        files = ["-o", str(out_path), "--summary", str(summary_path)]
+        debug = ["--log-level", "debug", "--max-retries", "2"]
+        code, out, err = await batchpoll(
+            run_args(sim, write_ids(tmp_path, ids), *debug, *files), tmp_path
+        )
+        # and once more to stdout, refused by the server: the message names the source only
+        refused = await batchpoll(
+            run_args(sim, write_ids(tmp_path, ids), "--log-level", "debug"),
+            tmp_path,
+            env={"CEKURA_API_KEY": "not-" + KEY},
+        )
+    assert code == 1
+    assert refused[0] == 3
+    everything = out + err + out_path.read_bytes() + summary_path.read_bytes()
+    everything += refused[1] + refused[2]
+    assert b"poll_failed" in err  # debug events were on
+    assert everything.count(KEY.encode()) == 0
