@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import anyio
 import pytest
 from helpers import KEY, ListSink, by_id, poll
 from structlog.testing import capture_logs
@@ -220,3 +221,32 @@ async def test_heartbeat_reports_progress_while_the_run_goes_on() -> None:
     assert {"done", "total", "by_status", "in_flight", "request_rate"} <= set(beats[-1])
     assert beats[-1]["total"] == 20
     assert 0 < beats[-1]["request_rate"] <= 40 + 1
+
+
+async def test_429_without_retry_after_lowers_the_rate_and_every_id_still_ends() -> None:
+    """429s without Retry-After halve the effective rate; every id still ends as the API says."""
+    sim_settings = SimSettings(
+        api_key=KEY, rate_limit=50.0, rate_burst=5, retry_after=None, min_polls=1, max_polls=1
+    )
+    ids = [f"t-{i}" for i in range(150)]
+    async with running_simulator(sim_settings) as sim:
+        records, stats = await poll(ids, sim, rate=200.0, burst=1, max_retries=50)
+    assert {r.progress_id for r in records} == set(ids)
+    assert {r.status for r in records} <= TERMINAL_STATUSES
+    assert stats.throttled == sim.stats.by_status[429] > 0
+    assert stats.lowest_rate is not None
+    assert stats.lowest_rate <= 100.0
+    assert stats.paused_s == 0
+
+
+async def test_a_pause_longer_than_the_deadline_ends_the_run_at_once() -> None:
+    """A Retry-After past --deadline writes every unfinished id as timed_out without waiting."""
+    sim_settings = SimSettings(api_key=KEY, rate_limit=1.0, retry_after="3600", pending=True)
+    ids = [f"z-{i}" for i in range(20)]
+    with anyio.fail_after(10):  # a guard: sleeping until the deadline would take 600 s
+        async with running_simulator(sim_settings) as sim:
+            records, stats = await poll(ids, sim, deadline=600.0, concurrency=1, burst=1)
+    assert {r.progress_id for r in records} == set(ids)
+    assert {r.status for r in records} == {"timed_out"}
+    assert sim.stats.by_status[429] == 1
+    assert stats.throttled == 1
