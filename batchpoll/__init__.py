@@ -2,9 +2,11 @@
 
 import importlib.metadata
 
-from .config import Settings
+from .api import poll_all
+from .config import Secret, Settings
 from .errors import AuthRefused, BatchpollError, ConfigError, InputFileError, UsageError
 from .records import Record
+from .stats import RunStats
 
 __version__ = importlib.metadata.version("batchpoll")
 
@@ -14,6 +16,9 @@ __all__ = [
     "ConfigError",
     "InputFileError",
     "Record",
+    "RunStats",
+    "Secret",
     "Settings",
     "UsageError",
+    "poll_all",
 ]

@@ -27,9 +27,12 @@ SINK_BUFFER: Final = 1024
 
 
 class RecordSink(Protocol):
-    """Where finished records go; ``write`` gets whole batches so a file sees few syscalls."""
+    """Where finished records go; ``write`` gets whole batches so a file sees few syscalls.
 
-    def write(self, records: Sequence[Record]) -> None: ...
+    It may wait (a consumer that is behind): the engine then holds finished records back.
+    """
+
+    async def write(self, records: Sequence[Record]) -> None: ...
 
 
 async def write_records(
@@ -46,7 +49,7 @@ async def write_records(
                     batch.append(rec_rx.receive_nowait())
                 except (anyio.WouldBlock, anyio.EndOfStream):
                     break
-            sink.write(batch)
+            await sink.write(batch)
             written(batch)
 
 
@@ -73,7 +76,8 @@ class LineSink:
                 raise InputFileError(f"cannot open output {path}: {exc.strerror}") from None
             self._owned = True
 
-    def write(self, records: Sequence[Record]) -> None:
+    async def write(self, records: Sequence[Record]) -> None:
+        # A blocking write: to a file it is fast, and a slow pipe should hold the run back.
         data = memoryview(b"".join([r.to_json_line() for r in records]))
         try:
             while data:

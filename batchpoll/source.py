@@ -51,7 +51,7 @@ def parse_line(raw: bytes, line_no: int) -> Item | None:
         return None if _skipped(text) else _invalid(text, "line is not valid UTF-8", line_no)
     if _skipped(text):
         return None
-    pid, reason = _json_id(text) if text.startswith("{") else (text, _id_problem(text))
+    pid, reason = _json_id(text) if text.startswith("{") else (text, id_problem(text))
     return pid if reason is None else _invalid(text, reason, line_no)
 
 
@@ -71,10 +71,10 @@ def _json_id(text: str) -> tuple[str, str | None]:
     if not isinstance(pid, str):
         return "", "progress_id must be a string"
     # A JSON value is checked as it stands, not trimmed: quotes make its whitespace deliberate.
-    return pid, _id_problem(pid)
+    return pid, id_problem(pid)
 
 
-def _id_problem(pid: str) -> str | None:
+def id_problem(pid: str) -> str | None:
     """Why ``pid`` is not a valid id (1-256 printable characters, no whitespace), or None."""
     if not pid:
         return "empty id"
@@ -187,3 +187,25 @@ async def aiter_items(chunks: AsyncIterable[bytes]) -> AsyncIterator[Item]:
             yield item
     for item in deduper.items(_tail(splitter)):
         yield item
+
+
+async def items_of_ids(ids: Iterable[str] | AsyncIterable[str]) -> AsyncIterator[Item]:
+    """Ids given one by one (the library's input): validated and de-duplicated like lines."""
+    seen: set[str] = set()
+    number = 0
+    async for pid in _aiter(ids):
+        number += 1
+        if pid in seen:
+            continue
+        seen.add(pid)
+        problem = id_problem(pid) if isinstance(pid, str) else "id is not a string"
+        yield pid if problem is None else _invalid(str(pid), problem, number)
+
+
+async def _aiter(ids: Iterable[str] | AsyncIterable[str]) -> AsyncIterator[str]:
+    if isinstance(ids, AsyncIterable):
+        async for pid in ids:
+            yield pid
+    else:
+        for pid in ids:
+            yield pid

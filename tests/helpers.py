@@ -37,7 +37,7 @@ class ListSink:
     def __init__(self) -> None:
         self.records: list[Record] = []
 
-    def write(self, records: Sequence[Record]) -> None:
+    async def write(self, records: Sequence[Record]) -> None:
         self.records.extend(records)
 
 

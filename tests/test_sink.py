@@ -18,12 +18,15 @@ def rec(pid: str, status: str = "completed") -> bytes:
     return Record(progress_id=pid, status=status).to_json_line()
 
 
-def test_records_are_appended_as_whole_lines(tmp_path: Path) -> None:
+@pytest.mark.anyio
+async def test_records_are_appended_as_whole_lines(tmp_path: Path) -> None:
     """Each batch is appended as JSON lines with the contract's keys."""
     path = tmp_path / "out.jsonl"
     sink = LineSink(str(path))
-    sink.write([Record(progress_id="a", status="completed")])
-    sink.write([Record(progress_id="b", status="failed"), Record(progress_id="c", status="error")])
+    await sink.write([Record(progress_id="a", status="completed")])
+    await sink.write(
+        [Record(progress_id="b", status="failed"), Record(progress_id="c", status="error")]
+    )
     sink.close()
     rows = [orjson.loads(line) for line in path.read_bytes().splitlines()]
     assert [r["progress_id"] for r in rows] == ["a", "b", "c"]
