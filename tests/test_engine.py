@@ -132,17 +132,79 @@ async def test_transient_failures_end_as_error_after_the_retry_limit() -> None:
     assert stats.retries >= 2
 
 
-async def test_faults_are_retried_and_statuses_match_the_truth() -> None:
-    """With 30% 5xx answers every id still ends with its true status, once."""
-    sim_settings = SimSettings(seed=5, api_key=KEY, error_rate=0.3)
-    ids = [f"f-{i}" for i in range(200)]
+async def test_a_fault_storm_loses_nothing_and_doubles_nothing() -> None:
+    """Through 5xx, drops, truncated and unusable bodies and 429s of every form, every id ends
+    once, with the status the simulator says."""
+    sim_settings = SimSettings(
+        seed=5,
+        api_key=KEY,
+        error_rate=0.15,
+        drop_rate=0.05,
+        truncate_rate=0.05,
+        garbage_rate=0.05,
+        throttle_rate=0.01,
+        retry_after_forms=("0.05", "none"),
+    )
+    ids = [f"f-{i}" for i in range(300)] + ["weird-1", "hop-1", "notfound-1", "reject-1"]
     async with running_simulator(sim_settings) as sim:
-        records, stats = await poll(ids, sim, max_retries=20)
+        records, stats = await poll(ids, sim, max_retries=30)
     got = by_id(records)
     assert {pid: got[pid].status for pid in ids} == {
         pid: truth(pid, sim_settings)[0] for pid in ids
     }
     assert stats.retries > 0
+    assert stats.throttled > 0
+    assert set(sim.stats.faults) >= {"error", "drop", "truncate", "garbage", "throttle"}
+
+
+async def test_a_body_stalled_past_the_request_timeout_is_retried() -> None:
+    """A body that stalls past --request-timeout is a transient failure, then retried."""
+    sim_settings = SimSettings(api_key=KEY, slow_rate=0.3, slow_body_s=2.0, min_polls=1)
+    async with running_simulator(sim_settings) as sim:
+        records, stats = await poll(
+            [f"s-{i}" for i in range(20)], sim, request_timeout=0.2, max_retries=20
+        )
+    assert len(by_id(records)) == 20
+    assert {r.status for r in records} <= TERMINAL_STATUSES
+    assert stats.retries >= sim.stats.faults["slow"] > 0
+
+
+async def test_oversized_and_non_object_bodies_end_as_error() -> None:
+    """A body over 10 MiB is not read past the cap, and a JSON array is not an answer."""
+    async with running_simulator(SimSettings(api_key=KEY)) as sim:
+        records, _ = await poll(["huge-1", "list-1"], sim, max_retries=2)
+    got = by_id(records)
+    assert got["huge-1"].status == "error"
+    assert got["huge-1"].error is not None
+    assert "larger than" in got["huge-1"].error
+    assert got["list-1"].status == "error"
+    assert got["list-1"].error is not None
+    assert "not an object" in got["list-1"].error
+
+
+async def test_a_redirect_to_another_origin_never_receives_the_key() -> None:
+    """A redirect to another port ends the id as error, and that origin sees no request."""
+    async with running_simulator(SimSettings()) as other:
+        sim_settings = SimSettings(api_key=KEY, redirect_url=other.url)
+        async with running_simulator(sim_settings) as sim:
+            records, _ = await poll(["redirect-1", "hop-1"], sim)
+    got = by_id(records)
+    assert got["redirect-1"].status == "error"
+    assert got["redirect-1"].error is not None
+    assert "another origin" in got["redirect-1"].error
+    assert got["hop-1"].status in TERMINAL_STATUSES  # same-origin redirects are followed
+    assert other.stats.requests == 0
+
+
+async def test_a_key_revoked_mid_run_stops_with_auth_refused_after_writing_finished_ids() -> None:
+    """401 after N requests: AuthRefused, and the ids that finished before it are written."""
+    sink = ListSink()
+    sim_settings = SimSettings(api_key=KEY, unauthorized_after=30, min_polls=1, max_polls=1)
+    async with running_simulator(sim_settings) as sim:
+        with pytest.raises(AuthRefused):
+            await poll([f"k-{i}" for i in range(100)], sim, sink=sink, concurrency=4)
+    assert 0 < len(sink.records) <= 30
+    assert len(by_id(sink.records)) == len(sink.records)
 
 
 async def test_per_id_timeout_ends_as_timed_out_with_last_api_status() -> None:
