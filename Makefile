@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install lint typecheck unit test demo limits clean
+.PHONY: install lint typecheck unit test demo limits faults clean
 
 install: $(STAMP)
 
@@ -30,6 +30,9 @@ demo: install
 
 limits: install
 	$(BIN)/python benchmarks/limits.py
+
+faults: install
+	$(BIN)/python benchmarks/faults.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
