@@ -11,6 +11,7 @@ import difflib
 import hmac
 import ipaddress
 import math
+import stat
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -80,11 +81,14 @@ class Settings:
     log_format: str = "auto"  # json | console | auto
     log_level: str = "info"  # debug | info | warning | error
     progress: bool = True
+    junit: str | None = None  # write a JUnit XML report here at the end
+    split_by_status: str | None = None  # also write DIR/<status>.jsonl
     fsync: bool = False  # make every sink write durable before going on
     allow_insecure_http: bool = False  # let the key travel over plain http to a non-loopback host
     api_key: Secret | None = None  # never a plain CLI value
     api_key_source: str = ""  # "env CEKURA_API_KEY", "file PATH" or "~/.cekura/config.toml"
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
+    warnings: tuple[str, ...] = field(default=(), compare=False)  # for the CLI to log
 
 
 _KEY_PLACES: Final = (
@@ -95,8 +99,14 @@ _KEY_PLACES: Final = (
 class MissingApiKey(ConfigError):
     """No API key in any of the places batchpoll looks; the message lists them."""
 
-    def __init__(self) -> None:
-        super().__init__("api_key", None, "nowhere", f"no API key: {_KEY_PLACES}")
+    def __init__(self, *, oauth_only: bool = False) -> None:
+        problem = f"no API key: {_KEY_PLACES}"
+        if oauth_only:
+            problem += (
+                f". {_CEKURA_FILE} holds only OAuth tokens from the Cekura CLI, and this API "
+                "takes an API key: set CEKURA_API_KEY, or log in to the Cekura CLI with an API key"
+            )
+        super().__init__("api_key", None, "nowhere", problem)
         # The usual "key=value (from source)" prefix would say nothing here.
         self.args = (self.problem,)
 
@@ -272,6 +282,8 @@ _SPECS: Final[Mapping[str, _Spec]] = {
     "log_format": _Spec(_choice("json", "console", "auto")),
     "log_level": _Spec(_choice("debug", "info", "warning", "error")),
     "progress": _Spec(_bool),
+    "junit": _Spec(_optional(_str), (_non_empty,)),
+    "split_by_status": _Spec(_optional(_str), (_non_empty,)),
     "fsync": _Spec(_bool),
     "allow_insecure_http": _Spec(_bool),
 }
@@ -309,15 +321,20 @@ def load_settings(
         sources[name] = "default"
         if (found := _find(name, given, env, from_file, f"file {config_path}")) is not None:
             values[name], sources[name] = _parse(name, spec, *found), found[1]
+    cekura = _read_cekura_file(home)
+    if sources["base_url"] == "default" and (url := cekura.string("api_url")) is not None:
+        # The official CLI's own setting: below every batchpoll layer, above the default.
+        values["base_url"] = _parse("base_url", _SPECS["base_url"], url, _CEKURA_FILE, False)
+        sources["base_url"] = _CEKURA_FILE
     _check_intervals(values, sources)
     _check_transport(values, sources)
     key_file = values.pop(_KEY_FILE, None)
     key_file_source = sources.pop(_KEY_FILE)
-    settings = Settings(**values, sources=MappingProxyType(sources))
-    found_key = _find_key(key_file, key_file_source, env, home)
+    settings = Settings(**values, sources=MappingProxyType(sources), warnings=cekura.warnings)
+    found_key = _find_key(key_file, key_file_source, env, home, cekura)
     if found_key is None:
         if require_key:
-            raise MissingApiKey
+            raise MissingApiKey(oauth_only=cekura.oauth_only)
         return settings
     return replace(settings, api_key=found_key[0], api_key_source=found_key[1])
 
@@ -431,7 +448,11 @@ def _read_config(path: str) -> dict[str, object]:
 
 
 def _find_key(
-    key_file: str | None, key_file_source: str, env: Mapping[str, str], home: Path | None
+    key_file: str | None,
+    key_file_source: str,
+    env: Mapping[str, str],
+    home: Path | None,
+    cekura: _CekuraFile,
 ) -> tuple[Secret, str] | None:
     """The API key and where it came from, by layer: an api_key_file given as a flag or in env,
     then CEKURA_API_KEY, then an api_key_file from the TOML file, then ~/.cekura/config.toml."""
@@ -441,7 +462,9 @@ def _find_key(
         return _checked_key(env["CEKURA_API_KEY"], "env CEKURA_API_KEY"), "env CEKURA_API_KEY"
     if key_file is not None:
         return _read_key_file(key_file, key_file_source, home)
-    return _read_cekura_config(home)
+    if (key := cekura.string("api_key")) is not None:
+        return _checked_key(key, _CEKURA_FILE), _CEKURA_FILE
+    return None
 
 
 def _read_key_file(path: str, source: str, home: Path | None) -> tuple[Secret, str]:
@@ -458,41 +481,67 @@ def _read_key_file(path: str, source: str, home: Path | None) -> tuple[Secret, s
     return _checked_key(text, f"file {path}"), f"file {path}"
 
 
-def _read_cekura_config(home: Path | None) -> tuple[Secret, str] | None:
+@dataclass(frozen=True, slots=True)
+class _CekuraFile:
+    """What the official Cekura CLI's ``~/.cekura/config.toml`` holds for us."""
+
+    values: Mapping[str, object]
+    warnings: tuple[str, ...] = ()
+
+    def string(self, key: str) -> str | None:
+        value = self.values.get(key)
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return None
+        if not isinstance(value, str):
+            shown = Secret(str(value)) if key == "api_key" else value
+            raise ConfigError(key, shown, _CEKURA_FILE, "must be a string")
+        return value
+
+    @property
+    def oauth_only(self) -> bool:
+        """Tokens from an OAuth login but no API key, which this API does not accept."""
+        return self.string("api_key") is None and any("token" in key.lower() for key in self.values)
+
+
+def _read_cekura_file(home: Path | None) -> _CekuraFile:
     try:
         path = (home or Path.home()) / ".cekura" / "config.toml"
     except RuntimeError:  # no home directory to look in
-        return None
+        return _CekuraFile({})
     try:
         text = path.read_text(encoding="utf-8")
+        mode = path.stat().st_mode
     except FileNotFoundError:
-        return None
+        return _CekuraFile({})
     except OSError as exc:
         raise ConfigError("api_key", None, _CEKURA_FILE, f"cannot read: {exc.strerror}") from None
     except UnicodeDecodeError:
         raise ConfigError("api_key", None, _CEKURA_FILE, "is not UTF-8 text") from None
     try:
-        value: object = tomllib.loads(text).get("api_key")
+        values: dict[str, object] = tomllib.loads(text)
     except tomllib.TOMLDecodeError:
         # The official CLI writes flat `key = "value"` lines that strict TOML may reject
         # (duplicate keys, Windows paths with backslashes, unquoted values).
-        value = _line_value(text, "api_key")
-    if value is None or (isinstance(value, str) and not value.strip()):
-        return None
-    if not isinstance(value, str):
-        raise ConfigError("api_key", Secret(str(value)), _CEKURA_FILE, "must be a string")
-    return _checked_key(value, _CEKURA_FILE), _CEKURA_FILE
+        values = _line_values(text)
+    warnings: tuple[str, ...] = ()
+    if mode & (stat.S_IRGRP | stat.S_IROTH):
+        warnings = (
+            f"{_CEKURA_FILE} is readable by other users (mode {stat.S_IMODE(mode):o}); "
+            f"it may hold a key: chmod 600 {path}",
+        )
+    return _CekuraFile(values, warnings)
 
 
-def _line_value(text: str, key: str) -> str | None:
-    """The value of the last ``key = value`` line, with one pair of matching quotes removed."""
-    found = None
+def _line_values(text: str) -> dict[str, object]:
+    """Every ``key = value`` line, the last one winning, with one pair of quotes removed."""
+    found: dict[str, object] = {}
     for line in text.splitlines():
         name, sep, value = line.partition("=")
-        if sep and name.strip() == key:
-            found = value.strip()
-            if len(found) >= 2 and found[0] == found[-1] and found[0] in "\"'":
-                found = found[1:-1]
+        if sep and name.strip() and not name.strip().startswith("#"):
+            value = value.strip()
+            if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+                value = value[1:-1]
+            found[name.strip()] = value
     return found
 
 

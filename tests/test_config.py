@@ -68,7 +68,7 @@ def test_option_names_are_the_settable_fields() -> None:
     """OPTION_NAMES lists every Settings field except the key and the bookkeeping."""
     names = [f.name for f in dataclasses.fields(Settings)]
     assert list(OPTION_NAMES) == [
-        n for n in names if n not in {"api_key", "api_key_source", "sources"}
+        n for n in names if n not in {"api_key", "api_key_source", "sources", "warnings"}
     ]
 
 
@@ -650,7 +650,9 @@ def test_default_toml_matches_the_defaults(tmp_path: Path) -> None:
     for name in OPTION_NAMES:
         assert getattr(settings, name) == getattr(defaults, name), name
     unset = {name for name, source in settings.sources.items() if source == "default"}
-    assert unset == {"deadline", "summary"}
+    # Only the options whose default is "none" are left commented out.
+    assert unset == {name for name in OPTION_NAMES if getattr(defaults, name) is None}
+    assert "deadline" in unset
 
 
 def test_default_toml_mentions_every_option() -> None:
@@ -684,3 +686,35 @@ def test_plain_http_only_to_loopback(url: str, allowed: bool) -> None:
         load_settings({"base_url": url}, env, None, None)
     opened = load_settings({"base_url": url, "allow_insecure_http": True}, env, None, None)
     assert opened.base_url == url
+
+
+def test_api_url_from_the_cekura_cli_file_sits_below_batchpoll_settings(tmp_path: Path) -> None:
+    """api_url in ~/.cekura/config.toml sets base_url unless a flag, env or file does."""
+    write(
+        tmp_path / ".cekura" / "config.toml",
+        'api_key = "k1"\napi_url = "https://eu.cekura.test/"\n',
+    )
+    settings = load_settings({}, {}, None, None, home=tmp_path)
+    assert settings.base_url == "https://eu.cekura.test"
+    assert settings.sources["base_url"] == "~/.cekura/config.toml"
+    env = {"CEKURA_API_URL": "https://us.cekura.test"}
+    assert load_settings({}, env, None, None, home=tmp_path).base_url == "https://us.cekura.test"
+
+
+def test_oauth_only_cekura_file_says_an_api_key_is_needed(tmp_path: Path) -> None:
+    """A Cekura CLI file with only OAuth tokens gets a message saying to use an API key."""
+    write(tmp_path / ".cekura" / "config.toml", 'access_token = "t"\nrefresh_token = "r"\n')
+    with pytest.raises(ConfigError, match="only OAuth tokens") as info:
+        load_settings({}, {}, None, None, home=tmp_path)
+    assert "CEKURA_API_KEY" in str(info.value)
+
+
+def test_a_cekura_file_readable_by_others_is_warned_about(tmp_path: Path) -> None:
+    """A world- or group-readable ~/.cekura/config.toml yields a warning naming chmod 600."""
+    path = tmp_path / ".cekura" / "config.toml"
+    write(path, 'api_key = "k1"\n')
+    path.chmod(0o644)
+    (warning,) = load_settings({}, {}, None, None, home=tmp_path).warnings
+    assert "chmod 600" in warning
+    path.chmod(0o600)
+    assert load_settings({}, {}, None, None, home=tmp_path).warnings == ()
