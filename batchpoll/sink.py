@@ -8,11 +8,13 @@ cuts before a resumed run appends.
 
 from __future__ import annotations
 
+import gzip
 import os
 import sys
-from collections.abc import Callable, Collection, Sequence
+import zlib
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Final, Protocol
+from typing import BinaryIO, Final, Protocol
 
 import anyio
 import orjson
@@ -22,6 +24,7 @@ from .errors import InputFileError
 from .records import Record
 
 STDOUT = "-"
+_CHUNK: Final = 64 * 1024
 #: Most records written in one batch (one syscall), and the record stream's buffer.
 SINK_BUFFER: Final = 1024
 
@@ -53,19 +56,27 @@ async def write_records(
             written(batch)
 
 
+def is_gzip(path: str) -> bool:
+    """Whether *path* names a gzip-compressed output (by its ``.gz`` suffix)."""
+    return path.endswith(".gz")
+
+
 class LineSink:
     """Appends records as JSON lines to a path, or to standard output for ``-``.
 
     Nothing is buffered in Python: each batch is in the kernel when ``write`` returns, so there
     is nothing to flush on a timer or at exit; ``fsync`` adds durability against power loss.
+    A ``.gz`` path gets each batch as a gzip member of its own: multi-member gzip is one valid
+    file to ``gzip -d``/``zcat``, and a kill can tear only the member being written.
     """
 
-    __slots__ = ("_fd", "_fsync", "_owned", "path")
+    __slots__ = ("_fd", "_fsync", "_gzip", "_owned", "path")
 
     def __init__(self, path: str, *, fsync: bool = False) -> None:
         """*fsync*: make each batch durable before returning (slower; survives power loss)."""
         self.path = path
         self._fsync = fsync
+        self._gzip = is_gzip(path)
         if path == STDOUT:
             sys.stdout.flush()
             self._fd, self._owned = sys.stdout.fileno(), False
@@ -78,7 +89,8 @@ class LineSink:
 
     async def write(self, records: Sequence[Record]) -> None:
         # A blocking write: to a file it is fast, and a slow pipe should hold the run back.
-        data = memoryview(b"".join([r.to_json_line() for r in records]))
+        lines = b"".join([r.to_json_line() for r in records])
+        data = memoryview(gzip.compress(lines, mtime=0) if self._gzip else lines)
         try:
             while data:
                 data = data[os.write(self._fd, data) :]
@@ -95,6 +107,63 @@ class LineSink:
             self._owned = False
 
 
+class SplitSink:
+    """Also appends each record to ``DIR/<status>.jsonl`` (``--split-by-status DIR``)."""
+
+    __slots__ = ("_files", "directory")
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+        try:
+            os.makedirs(directory, exist_ok=True)
+        except OSError as exc:
+            raise InputFileError(f"cannot create {directory}: {exc.strerror}") from None
+        self._files: dict[str, LineSink] = {}
+
+    def reset(self, records: Iterable[bytes] = ()) -> None:
+        """Start the files again from *records* (JSON lines): what a resumed OUTPUT holds."""
+        by_status: dict[str, list[bytes]] = {}
+        for line in records:
+            _, status = _read_record(line)
+            if status is not None:
+                by_status.setdefault(status, []).append(line)
+        for name in os.listdir(self.directory):
+            if name.endswith(".jsonl"):
+                _replace(os.path.join(self.directory, name), [])
+        for status, lines in by_status.items():
+            _replace(self._path(status), lines)
+
+    async def write(self, records: Sequence[Record]) -> None:
+        by_status: dict[str, list[Record]] = {}
+        for record in records:
+            by_status.setdefault(record.status, []).append(record)
+        for status, batch in by_status.items():
+            if (sink := self._files.get(status)) is None:
+                sink = self._files[status] = LineSink(self._path(status))
+            await sink.write(batch)
+
+    def _path(self, status: str) -> str:
+        # Statuses come from a fixed set of snake_case words, so they are safe file names.
+        return os.path.join(self.directory, f"{status}.jsonl")
+
+    def close(self) -> None:
+        for sink in self._files.values():
+            sink.close()
+
+
+class TeeSink:
+    """Writes every batch to each of several sinks, in order."""
+
+    __slots__ = ("_sinks",)
+
+    def __init__(self, *sinks: RecordSink) -> None:
+        self._sinks = sinks
+
+    async def write(self, records: Sequence[Record]) -> None:
+        for sink in self._sinks:
+            await sink.write(records)
+
+
 @dataclass(slots=True)
 class Prior:
     """What an earlier run's output already settles."""
@@ -103,6 +172,7 @@ class Prior:
     statuses: dict[str, int] = field(default_factory=dict)
     torn_bytes: int = 0
     replaced: int = 0
+    lines: list[bytes] = field(default_factory=list)  # the records kept, as JSON lines
 
 
 def prepare_output(
@@ -112,44 +182,83 @@ def prepare_output(
 
     Without ``resume`` a non-empty file is refused (or emptied with ``overwrite``). With it,
     a torn last line is cut, and records whose status is in *retry_statuses* are dropped so
-    those ids are polled again and written once more.
+    those ids are polled again and written once more. Streams: memory holds the ids, not the
+    file.
     """
     if path == STDOUT:
         return Prior()
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        size = os.path.getsize(path)
     except FileNotFoundError:
         return Prior()
     except OSError as exc:
         raise InputFileError(f"cannot read output {path}: {exc.strerror}") from None
-    if not data:
+    if not size:
         return Prior()
     if not resume:
         if overwrite:
-            _replace(path, b"")
+            _replace(path, [])
             return Prior()
         raise InputFileError(
             f"output {path} already holds records: pass --resume to keep them and poll the "
             "rest, or --overwrite to start again"
         )
     prior = Prior()
-    whole_end = data.rfind(b"\n") + 1
-    prior.torn_bytes = len(data) - whole_end
-    kept: list[bytes] = []
-    for line in data[:whole_end].splitlines(keepends=True):
-        pid, status = _read_record(line)
-        if pid is None or status is None:
-            continue  # not a record of ours; dropping it keeps the file one record per id
-        if status in retry_statuses or pid in prior.done:
-            prior.replaced += 1
-            continue
-        prior.done.add(pid)
-        prior.statuses[status] = prior.statuses.get(status, 0) + 1
-        kept.append(line)
-    if prior.torn_bytes or prior.replaced or len(kept) != data.count(b"\n"):
-        _replace(path, b"".join(kept))
+    changed = False
+
+    def kept() -> Iterator[bytes]:
+        nonlocal changed
+        for line in read_lines(path, prior):
+            pid, status = _read_record(line)
+            if pid is None or status is None or status in retry_statuses or pid in prior.done:
+                # Not a record of ours, one to poll again, or a second one for the id.
+                changed = True
+                prior.replaced += pid is not None and status is not None
+                continue
+            prior.done.add(pid)
+            prior.statuses[status] = prior.statuses.get(status, 0) + 1
+            yield line
+
+    _replace(path, kept(), only_if=lambda: changed or prior.torn_bytes > 0)
     return prior
+
+
+def read_lines(path: str, prior: Prior | None = None) -> Iterator[bytes]:
+    """Every whole line of an OUTPUT file (plain or ``.gz``), streamed; torn bytes at the end
+    (a half-written line or gzip member) are skipped and counted in ``prior.torn_bytes``."""
+    partial = b""
+    try:
+        with open(path, "rb") as f:
+            chunks = _gunzip(f, prior) if is_gzip(path) else iter(lambda: f.read(_CHUNK), b"")
+            for chunk in chunks:
+                *whole, partial = (partial + chunk).split(b"\n")
+                for line in whole:
+                    yield line + b"\n"
+    except OSError as exc:
+        raise InputFileError(f"cannot read output {path}: {exc.strerror}") from None
+    if prior is not None:
+        prior.torn_bytes += len(partial)
+
+
+def _gunzip(f: BinaryIO, prior: Prior | None) -> Iterator[bytes]:
+    """The text of each whole gzip member in *f*; a torn last member is counted, not read."""
+    member, pending, used = zlib.decompressobj(wbits=31), b"", 0
+    raw = b""
+    while True:
+        raw = raw or f.read(_CHUNK)
+        if not raw:
+            break
+        try:
+            pending += member.decompress(raw)
+        except zlib.error:
+            break
+        used += len(raw) - len(member.unused_data)
+        raw = member.unused_data
+        if member.eof:
+            yield pending
+            member, pending, used = zlib.decompressobj(wbits=31), b"", 0
+    if prior is not None:
+        prior.torn_bytes += used + len(raw)
 
 
 def _read_record(line: bytes) -> tuple[str | None, str | None]:
@@ -165,14 +274,25 @@ def _read_record(line: bytes) -> tuple[str | None, str | None]:
     return None, None
 
 
-def _replace(path: str, data: bytes) -> None:
-    """Write *data* to a sibling file and rename it over *path*, so a crash keeps one or other."""
+def _replace(path: str, lines: Iterable[bytes], only_if: Callable[[], bool] = lambda: True) -> None:
+    """Write *lines* to a sibling file and, if ``only_if()`` then holds, rename it over *path*:
+    a crash leaves one file or the other, never half of one."""
     tmp = f"{path}.batchpoll-tmp"
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
+        with open(tmp, "wb") as raw:
+            # A gzip file is only started for a first line, so "no records" is an empty file.
+            packed: gzip.GzipFile | None = None
+            for line in lines:
+                if packed is None and is_gzip(path):
+                    packed = gzip.GzipFile(fileobj=raw, mode="wb", mtime=0)
+                (packed or raw).write(line)
+            if packed is not None:
+                packed.close()
+        with open(tmp, "rb") as f:
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        if only_if():
+            os.replace(tmp, path)
+        else:
+            os.unlink(tmp)
     except OSError as exc:
         raise InputFileError(f"cannot rewrite output {path}: {exc.strerror}") from None

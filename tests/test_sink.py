@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from batchpoll.errors import InputFileError
 from batchpoll.records import Record
-from batchpoll.sink import LineSink, prepare_output
+from batchpoll.sink import LineSink, SplitSink, prepare_output
 
 
 def rec(pid: str, status: str = "completed") -> bytes:
@@ -124,3 +124,56 @@ def test_resume_reader_never_crashes_or_loses_a_whole_record(
     ids = [orjson.loads(line)["progress_id"] for line in kept.splitlines()]
     assert len(ids) == len(set(ids)) == len(prior.done)
     assert set(expected) <= prior.done
+
+
+@pytest.mark.anyio
+async def test_gzip_output_is_one_member_per_batch_and_resume_cuts_a_torn_member(
+    tmp_path: Path,
+) -> None:
+    """A .gz OUTPUT is valid gzip; a torn last member is cut on --resume, whole ones kept."""
+    import gzip
+
+    path = tmp_path / "out.jsonl.gz"
+    sink = LineSink(str(path))
+    await sink.write([Record(progress_id="a", status="completed")])
+    await sink.write([Record(progress_id="b", status="failed")])
+    sink.close()
+    assert [
+        orjson.loads(x)["progress_id"] for x in gzip.decompress(path.read_bytes()).splitlines()
+    ] == ["a", "b"]
+    torn = gzip.compress(rec("c"))[:-9]
+    path.write_bytes(path.read_bytes() + torn)
+    prior = prepare_output(str(path), resume=True, overwrite=False, retry_statuses=())
+    assert prior.done == {"a", "b"}
+    assert prior.torn_bytes == len(torn)
+    assert gzip.decompress(path.read_bytes()) == rec("a") + rec("b", "failed")
+
+
+def test_overwriting_a_gzip_output_leaves_an_empty_file(tmp_path: Path) -> None:
+    """--overwrite on a .gz OUTPUT leaves no records, so the next run need not --resume."""
+    import gzip
+
+    path = tmp_path / "out.jsonl.gz"
+    path.write_bytes(gzip.compress(rec("a")))
+    prepare_output(str(path), resume=False, overwrite=True, retry_statuses=())
+    assert path.read_bytes() == b""
+
+
+@pytest.mark.anyio
+async def test_split_by_status_writes_one_file_per_status_and_resets_from_output(
+    tmp_path: Path,
+) -> None:
+    """--split-by-status DIR appends each record to DIR/<status>.jsonl; reset rebuilds them."""
+    split = SplitSink(str(tmp_path / "by-status"))
+    await split.write(
+        [Record(progress_id="a", status="completed"), Record(progress_id="b", status="failed")]
+    )
+    await split.write([Record(progress_id="c", status="completed")])
+    split.close()
+    folder = tmp_path / "by-status"
+    assert (folder / "completed.jsonl").read_bytes() == rec("a") + rec("c")
+    assert (folder / "failed.jsonl").read_bytes() == rec("b", "failed")
+    split.reset([rec("a"), rec("d", "error")])
+    assert (folder / "completed.jsonl").read_bytes() == rec("a")
+    assert (folder / "failed.jsonl").read_bytes() == b""
+    assert (folder / "error.jsonl").read_bytes() == rec("d", "error")
