@@ -372,6 +372,11 @@ def _check_intervals(values: Mapping[str, Any], sources: Mapping[str, str]) -> N
         raise ConfigError(name, pair[name], sources[name], problem)
 
 
+def parse_statuses(text: str, source: str) -> frozenset[str]:
+    """A comma-separated status list (or ``none``) as given on a command line."""
+    return frozenset(_parse("fail_on", _SPECS["fail_on"], text, source, True))
+
+
 def describe(settings: Settings) -> dict[str, object]:
     """The effective settings as a plain dict for logs: sorted lists, the key as ``***``."""
     described: dict[str, object] = {}

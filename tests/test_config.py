@@ -18,6 +18,7 @@ from batchpoll.config import (
     load_settings,
 )
 from batchpoll.errors import ConfigError, UsageError
+from batchpoll.records import ALL_STATUSES
 
 DEFAULT_TOML = Path(__file__).resolve().parent.parent / "configs" / "default.toml"
 KEY = "sk-live-0123456789abcdef"
@@ -718,3 +719,25 @@ def test_a_cekura_file_readable_by_others_is_warned_about(tmp_path: Path) -> Non
     assert "chmod 600" in warning
     path.chmod(0o600)
     assert load_settings({}, {}, None, None, home=tmp_path).warnings == ()
+
+
+@pytest.mark.parametrize("name", ["default", "nightly", "ci"])
+def test_every_preset_loads_and_says_what_each_key_does(tmp_path: Path, name: str) -> None:
+    """Each preset in configs/ loads cleanly, and every key in it has a comment above it."""
+    path = DEFAULT_TOML.parent / f"{name}.toml"
+    settings = load_settings({}, {}, str(path), None, home=tmp_path, require_key=False)
+    assert all(source in ("default", f"file {path}") for source in settings.sources.values())
+    lines = path.read_text(encoding="utf-8").splitlines()
+    for i, line in enumerate(lines):
+        if re.match(r"\w+ = ", line):
+            above = next(prev for prev in reversed(lines[:i]) if not re.match(r"\w+ = ", prev))
+            assert above.startswith("#"), line
+
+
+def test_ci_preset_fails_on_everything_but_completed(tmp_path: Path) -> None:
+    """The CI preset fails the build for every status except completed, and writes JUnit."""
+    path = DEFAULT_TOML.parent / "ci.toml"
+    settings = load_settings({}, {}, str(path), None, home=tmp_path, require_key=False)
+    assert settings.fail_on == ALL_STATUSES - {"completed"}
+    assert settings.junit is not None
+    assert settings.deadline is not None
