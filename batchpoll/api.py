@@ -42,18 +42,20 @@ async def poll_all(
             async for record in records:
                 ...
 
-    One record per distinct id, invalid ids included (as ``invalid_input``). Leaving the block
-    early stops polling: ids that had not ended get no record. Raises ``AuthRefused`` when the
-    API refuses the key. ``settings.api_key`` must be set (``Settings(api_key=Secret(...))``).
+    One record per distinct id, invalid ids included (as ``invalid_input``). Logs go through
+    structlog as the program configured it; unconfigured, only warnings reach stderr. Leaving
+    the block early stops polling: ids that had not ended get no record. Raises
+    ``AuthRefused`` when the API refuses the key. ``settings.api_key`` must be set:
+    ``Settings(api_key=Secret(...))``.
     """
     # Imported here so that importing batchpoll stays cheap (no aiohttp until it is used).
     from .client import ApiClient
     from .engine import Engine
-    from .logs import get_logger
+    from .logs import library_logger
 
     tx, rx = anyio.create_memory_object_stream[Record](1024)
     async with ApiClient(settings) as client, anyio.create_task_group() as tg:
-        engine = Engine(settings, client.poll, _StreamSink(tx), log=get_logger(), stats=stats)
+        engine = Engine(settings, client.poll, _StreamSink(tx), log=library_logger(), stats=stats)
 
         async def run() -> None:
             async with tx:
