@@ -21,7 +21,7 @@ from typing import Any, Final
 from urllib.parse import urlsplit
 
 from .errors import ConfigError, UsageError
-from .records import ALL_STATUSES
+from .records import ALL_STATUSES, DEFAULT_FAIL_ON
 
 
 class Secret:
@@ -74,9 +74,7 @@ class Settings:
     max_retries: int = 8  # >= 1 consecutive transient failures that end an id as "error"
     resume: bool = False
     retry_statuses: frozenset[str] = frozenset()  # subset of records.ALL_STATUSES
-    fail_on: frozenset[str] = frozenset(
-        {"failed", "timed_out", "error", "not_found", "rejected", "invalid_input"}
-    )
+    fail_on: frozenset[str] = DEFAULT_FAIL_ON
     summary: str | None = None  # path of the JSON run summary
     log_format: str = "auto"  # json | console | auto
     log_level: str = "info"  # debug | info | warning | error

@@ -37,7 +37,7 @@ from .records import TERMINAL_STATUSES as TERMINAL
 from .schedule import DueQueue
 from .sink import SINK_BUFFER, RecordSink, write_records
 from .source import InvalidInput, Item
-from .stats import RunStats
+from .stats import RunStats, cause_of
 
 #: How many read ids may wait between the reader and the scheduler.
 READ_AHEAD: Final = 1024
@@ -107,7 +107,7 @@ class Engine:
         heartbeat_s: float = HEARTBEAT_S,
     ) -> None:
         self.settings = settings
-        self.stats = stats or RunStats()
+        self.stats = stats or RunStats(fail_on=settings.fail_on)
         self._poll = poll
         self._sink = sink
         self._log = log
@@ -330,6 +330,7 @@ class Engine:
                 return
             case Transient(reason=reason):
                 self.stats.retries += 1
+                self.stats.retry_causes[cause_of(reason)] += 1
                 self._log.debug("poll_failed", progress_id=slot.pid, reason=reason)
                 return
             case Answer(status=status) if (
@@ -389,11 +390,8 @@ class Engine:
     # -- sink and heartbeat -----------------------------------------------------------------
 
     def _written(self, batch: Sequence[Record]) -> None:
-        fail_on = self.settings.fail_on
         for rec in batch:
-            self.stats.done += 1
-            self.stats.by_status[rec.status] += 1
-            if rec.status in fail_on:
+            if self.stats.add(rec):
                 self._log.warning(
                     "id_finished",
                     progress_id=rec.progress_id,

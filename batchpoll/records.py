@@ -19,6 +19,10 @@ IN_PROGRESS: Final = "in_progress"
 #: Statuses batchpoll itself gives an id.
 POLLER_STATUSES: Final = frozenset({"timed_out", "not_found", "rejected", "error", "invalid_input"})
 ALL_STATUSES: Final = TERMINAL_STATUSES | POLLER_STATUSES
+#: The statuses that make the exit code 1 unless ``--fail-on`` says otherwise.
+DEFAULT_FAIL_ON: Final = frozenset(
+    {"failed", "timed_out", "error", "not_found", "rejected", "invalid_input"}
+)
 
 
 @dataclass(frozen=True, slots=True)
