@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import sys
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -18,7 +19,15 @@ from structlog.typing import FilteringBoundLogger
 from . import __version__
 from .config import Settings, describe, load_settings
 from .errors import BatchpollError, InputFileError, UsageError
-from .sink import STDOUT, LineSink, prepare_output
+from .sink import (
+    STDOUT,
+    LineSink,
+    RecordSink,
+    SplitSink,
+    TeeSink,
+    prepare_output,
+    read_lines,
+)
 from .source import Item, aiter_items
 from .stats import RunStats, exit_code
 
@@ -35,6 +44,22 @@ def _run_parser(sub: Any) -> None:
         "run", help="poll every id in INPUT until it ends", argument_default=argparse.SUPPRESS
     )
     p.add_argument("input", metavar="INPUT", help="file of progress ids, or - for stdin")
+    p.add_argument("--overwrite", action="store_true", help="empty a non-empty OUTPUT first")
+    _settings_options(p)
+    c = sub.add_parser(
+        "config",
+        help="print the effective settings and where each came from",
+        argument_default=argparse.SUPPRESS,
+    )
+    _settings_options(c)
+    r = sub.add_parser("report", help="summarise an OUTPUT file; list its failed ids")
+    r.add_argument("output", metavar="OUTPUT", help="a JSON-lines file batchpoll wrote (or .gz)")
+    r.add_argument("--json", action="store_true", help="the summary as JSON, for machines")
+    r.add_argument("--fail-on", metavar="LIST", help="statuses counted as failures, or none")
+
+
+def _settings_options(p: argparse.ArgumentParser) -> None:
+    """The options that make a ``Settings``, shared by ``run`` and ``config``."""
     p.add_argument("-o", "--output", metavar="PATH", help="JSON-lines sink; - is stdout (default)")
     p.add_argument("--config", metavar="PATH", help="TOML file of settings (see configs/)")
     p.add_argument("--api-key-file", metavar="PATH", help="read the API key from this file")
@@ -52,13 +77,14 @@ def _run_parser(sub: Any) -> None:
         "--max-retries", metavar="N", help="transient failures in a row that end an id (8)"
     )
     p.add_argument("--resume", action="store_true", help="keep what OUTPUT holds, poll the rest")
-    p.add_argument("--overwrite", action="store_true", help="empty a non-empty OUTPUT first")
     p.add_argument("--retry-statuses", metavar="LIST", help="with --resume: re-poll these statuses")
     p.add_argument("--fail-on", metavar="LIST", help="statuses that make the exit code 1, or none")
     p.add_argument("--summary", metavar="PATH", help="write the run summary as JSON")
     p.add_argument("--log-format", metavar="FMT", help="json | console | auto")
     p.add_argument("--log-level", metavar="LEVEL", help="debug | info | warning | error")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress view")
+    p.add_argument("--junit", metavar="PATH", help="write a JUnit XML report at the end")
+    p.add_argument("--split-by-status", metavar="DIR", help="also write DIR/<status>.jsonl")
     p.add_argument("--fsync", action="store_true", help="make every write to OUTPUT durable")
     p.add_argument(
         "--allow-insecure-http",
@@ -129,35 +155,75 @@ def _silence_stdout() -> None:
 
 
 def _flags(args: argparse.Namespace) -> dict[str, object]:
-    skip = {"command", "input", "config", "api_key_file", "overwrite"}
+    skip = {"command", "input", "config", "api_key_file", "overwrite", "json"}
     return {k: v for k, v in vars(args).items() if k not in skip}
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
-    settings = load_settings(
-        _flags(args), os.environ, getattr(args, "config", None), getattr(args, "api_key_file", None)
+def _settings(args: argparse.Namespace, *, require_key: bool = True) -> Settings:
+    return load_settings(
+        _flags(args),
+        os.environ,
+        getattr(args, "config", None),
+        getattr(args, "api_key_file", None),
+        require_key=require_key,
     )
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    settings = _settings(args)
     return run_settings(settings, args.input, overwrite=getattr(args, "overwrite", False))
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    """Print every setting with its value and source; the key masked, never required."""
+    settings = _settings(args, require_key=False)
+    described = describe(settings)
+    width = max(map(len, described))
+    for name, value in described.items():
+        if name in ("api_key", "api_key_source"):
+            continue
+        source = settings.sources.get(name, "default")
+        shown = "none" if value is None else orjson.dumps(value).decode()
+        print(f"{name:<{width}} = {shown:<40} # {source}")
+    key = "*** (" + settings.api_key_source + ")" if settings.api_key else "none found"
+    print(f"{'api_key':<{width}} = {key}")
+    for warning in settings.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .config import parse_statuses
+    from .report import report_main
+
+    fail_on = Settings().fail_on
+    if args.fail_on is not None:
+        fail_on = parse_statuses(args.fail_on, "flag --fail-on")
+    return report_main(args.output, as_json=args.json, fail_on=fail_on, out=sys.stdout)
 
 
 def run_settings(settings: Settings, input_path: str, *, overwrite: bool = False) -> int:
     """Run one poll job as the CLI does; return its exit code."""
     from . import logs
 
+    if settings.junit and settings.output == STDOUT:
+        raise UsageError("--junit needs -o OUTPUT: the report is built from the records written")
     logs.configure(
         settings.log_format,
         settings.log_level,
         secret=settings.api_key.reveal() if settings.api_key else None,
     )
     log = logs.get_logger()
+    for warning in settings.warnings:
+        log.warning("config_warning", message=warning)
     prior = prepare_output(
         settings.output,
         resume=settings.resume,
         overwrite=overwrite,
         retry_statuses=settings.retry_statuses,
     )
-    stats = RunStats()
-    stats.by_status.update(prior.statuses)
+    stats = RunStats(fail_on=settings.fail_on)
+    stats.add_prior(prior.statuses)
     if prior.done or prior.torn_bytes:
         log.info(
             "resumed",
@@ -168,13 +234,16 @@ def run_settings(settings: Settings, input_path: str, *, overwrite: bool = False
     log.info("run_started", **describe(settings))
     source = _open_input(input_path)
     sink = LineSink(settings.output, fsync=settings.fsync)
+    split = _split_sink(settings)
     try:
-        anyio.run(_run_engine, settings, source, prior.done, sink, stats, log)
+        anyio.run(_run_engine, settings, source, prior.done, TeeSink(sink, *split), stats, log)
     finally:
         sink.close()
         source.close()
+        for extra in split:
+            extra.close()
     summary = stats.summary()
-    summary["resumed"] = len(prior.done)
+    summary["resumed"] = stats.resumed
     code = exit_code(stats.by_status, settings.fail_on)
     if stats.signal is not None:
         code = 128 + stats.signal
@@ -182,14 +251,38 @@ def run_settings(settings: Settings, input_path: str, *, overwrite: bool = False
     log.info("run_finished", **summary)
     if settings.summary:
         _write_summary(settings.summary, summary)
+    if settings.junit:
+        _write_junit(settings)
+    if sys.stderr.isatty():
+        from .report import render
+
+        print(render(summary, width=shutil.get_terminal_size().columns), file=sys.stderr)
     return code
+
+
+def _split_sink(settings: Settings) -> list[SplitSink]:
+    if settings.split_by_status is None:
+        return []
+    split = SplitSink(settings.split_by_status)
+    if settings.resume and settings.output != STDOUT:
+        split.reset(read_lines(settings.output))  # OUTPUT is already repaired: one per id
+    elif not settings.resume:
+        split.reset()
+    return [split]
+
+
+def _write_junit(settings: Settings) -> None:
+    from .junit import write_junit
+    from .report import read_records
+
+    write_junit(settings.junit or "", read_records(settings.output), settings.fail_on)
 
 
 async def _run_engine(
     settings: Settings,
     source: BinaryIO,
     done: set[str],
-    sink: LineSink,
+    sink: RecordSink,
     stats: RunStats,
     log: FilteringBoundLogger,
 ) -> None:
@@ -278,6 +371,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": _cmd_run,
+    "config": _cmd_config,
+    "report": _cmd_report,
     "simulate": _cmd_simulate,
     "demo": _cmd_demo,
 }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -11,6 +12,7 @@ import orjson
 import pytest
 from helpers import KEY
 
+from batchpoll.records import DEFAULT_FAIL_ON
 from batchpoll.simulator import SimSettings, Simulator, running_simulator, truth
 
 pytestmark = pytest.mark.anyio
@@ -247,3 +249,85 @@ async def test_the_key_appears_nowhere_at_debug_level(tmp_path: Path) -> None:
     everything += refused[1] + refused[2]
     assert b"poll_failed" in err  # debug events were on
     assert everything.count(KEY.encode()) == 0
+
+
+async def test_report_counts_equal_the_runs_own_summary(tmp_path: Path) -> None:
+    """`batchpoll report OUTPUT --json` gives the same counts as the run's --summary."""
+    ids = [f"rep-{i}" for i in range(60)] + ["notfound-1", "reject-1", "bad id"]
+    out_path, summary_path = tmp_path / "out.jsonl.gz", tmp_path / "summary.json"
+    async with running_simulator(SIM) as sim:
+        code, _, err = await batchpoll(
+            run_args(
+                sim, write_ids(tmp_path, ids), "-o", str(out_path), "--summary", str(summary_path)
+            ),
+            tmp_path,
+        )
+    report_code, report_out, _ = await batchpoll(["report", str(out_path), "--json"], tmp_path)
+    run_summary, report = orjson.loads(summary_path.read_bytes()), orjson.loads(report_out)
+    assert code == report_code == 1, err
+    assert report["by_status"] == run_summary["by_status"]
+    assert sum(report["by_status"].values()) == len(ids)
+    assert report["failed_count"] == run_summary["failed_count"] >= 3
+    text_code, text, _ = await batchpoll(["report", str(out_path)], tmp_path)
+    assert text_code == 1
+    assert b"notfound-1" in text
+    assert b"reject-1" in text
+
+
+async def test_junit_failures_equal_the_fail_on_records(tmp_path: Path) -> None:
+    """The JUnit file parses, and its failures are exactly the records in --fail-on."""
+    import xml.etree.ElementTree as ET
+
+    ids = [f"ju-{i}" for i in range(60)] + ["notfound-1", "flaky-1"]
+    out_path, junit_path = tmp_path / "out.jsonl", tmp_path / "junit.xml"
+    async with running_simulator(SIM) as sim:
+        files = ["-o", str(out_path), "--junit", str(junit_path)]
+        code, _, err = await batchpoll(
+            run_args(sim, write_ids(tmp_path, ids), "--max-retries", "2", *files), tmp_path
+        )
+    assert code == 1, err
+    failing = [r for r in lines(out_path.read_bytes()) if r["status"] in DEFAULT_FAIL_ON]
+    suite = ET.parse(junit_path).getroot().find("testsuite")
+    assert suite is not None
+    cases = suite.findall("testcase")
+    assert len(cases) == len(ids)
+    failed_names = {c.get("name") for c in cases if c.find("failure") is not None}
+    assert failed_names == {r["progress_id"] for r in failing}
+    assert int(suite.get("failures", "-1")) == len(failing)
+
+
+async def test_split_by_status_holds_one_record_per_id_across_a_resume(tmp_path: Path) -> None:
+    """--split-by-status files hold each record once, also after --resume."""
+    ids = [f"sp-{i}" for i in range(30)]
+    out_path, folder = tmp_path / "out.jsonl", tmp_path / "by"
+    async with running_simulator(SIM) as sim:
+        for part, extra in ((ids[:10], []), (ids, ["--resume"])):
+            await batchpoll(
+                run_args(
+                    sim,
+                    write_ids(tmp_path, part),
+                    "-o",
+                    str(out_path),
+                    "--split-by-status",
+                    str(folder),
+                    *extra,
+                ),
+                tmp_path,
+            )
+    split = [r for f in folder.glob("*.jsonl") for r in lines(f.read_bytes())]
+    assert sorted(r["progress_id"] for r in split) == sorted(ids)
+    assert all(f.stem == r["status"] for f in folder.glob("*.jsonl") for r in lines(f.read_bytes()))
+
+
+async def test_config_command_shows_values_and_sources_never_the_key(tmp_path: Path) -> None:
+    """`batchpoll config` prints each setting with its source, and the key masked."""
+    code, out, err = await batchpoll(
+        ["config", "--rate", "7"], tmp_path, env={"BATCHPOLL_BURST": "3"}
+    )
+    assert code == 0, err
+    text = out.decode()
+    assert re.search(r"^rate\s+= 7\.0\s+# flag --rate$", text, re.M)
+    assert re.search(r"^burst\s+= 3\s+# env BATCHPOLL_BURST$", text, re.M)
+    assert re.search(r"^concurrency\s+= 32\s+# default$", text, re.M)
+    assert "*** (env CEKURA_API_KEY)" in text
+    assert KEY not in text
