@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import math
 import os
 import shutil
 import signal
@@ -33,6 +35,7 @@ from .stats import RunStats, exit_code
 
 if TYPE_CHECKING:
     from .engine import Engine
+    from .progress import ProgressView
 
 _CHUNK = 64 * 1024
 SIGPIPE_EXIT = 141
@@ -235,8 +238,15 @@ def run_settings(settings: Settings, input_path: str, *, overwrite: bool = False
     source = _open_input(input_path)
     sink = LineSink(settings.output, fsync=settings.fsync)
     split = _split_sink(settings)
+    from . import progress
+
+    live = progress.wanted(settings.progress, sys.stderr)
+    view = progress.ProgressView(stats) if live else None
     try:
-        anyio.run(_run_engine, settings, source, prior.done, TeeSink(sink, *split), stats, log)
+        with view or contextlib.nullcontext():
+            anyio.run(
+                _run_engine, settings, source, prior.done, TeeSink(sink, *split), stats, log, view
+            )
     finally:
         sink.close()
         source.close()
@@ -285,14 +295,17 @@ async def _run_engine(
     sink: RecordSink,
     stats: RunStats,
     log: FilteringBoundLogger,
+    view: ProgressView | None,
 ) -> None:
     # Imported here so `batchpoll --help` does not pay for aiohttp.
     from .client import ApiClient
-    from .engine import Engine
+    from .engine import HEARTBEAT_S, Engine
 
+    # With the live view up, the heartbeat would only repeat what the bar shows.
+    heartbeat_s = math.inf if view is not None else HEARTBEAT_S
     async with ApiClient(settings) as client, anyio.create_task_group() as tg:
-        engine = Engine(settings, client.poll, sink, log=log, stats=stats)
-        await tg.start(_stop_on_signal, engine, stats, log)
+        engine = Engine(settings, client.poll, sink, log=log, stats=stats, heartbeat_s=heartbeat_s)
+        await tg.start(_stop_on_signal, engine, stats, log, view)
         await engine.run(_skip_done(aiter_items(_read_chunks(source)), done))
         tg.cancel_scope.cancel()
 
@@ -301,6 +314,7 @@ async def _stop_on_signal(
     engine: Engine,
     stats: RunStats,
     log: FilteringBoundLogger,
+    view: ProgressView | None,
     *,
     task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -310,7 +324,10 @@ async def _stop_on_signal(
         async for signum in signals:
             if stats.signal is not None:
                 # Every write is a whole batch of lines, done before this handler runs, so
-                # leaving without cleanup still leaves only whole lines behind.
+                # leaving without cleanup still leaves only whole lines behind; only the
+                # terminal needs its cursor back.
+                if view is not None:
+                    view.close()
                 os._exit(128 + signum)
             stats.signal = signum
             log.warning("stopping", signal=signal.Signals(signum).name)

@@ -6,6 +6,8 @@ demo takes seconds rather than the minutes the API's default rate would.
 
 from __future__ import annotations
 
+import contextlib
+import shutil
 import sys
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -14,10 +16,12 @@ from pathlib import Path
 import anyio
 import orjson
 
+from . import progress
 from .client import ApiClient
 from .config import Secret, Settings
 from .engine import Engine
 from .logs import configure, get_logger
+from .report import render
 from .simulator import SimSettings, running_simulator
 from .sink import LineSink, prepare_output
 from .source import Item, iter_items
@@ -41,27 +45,23 @@ def run_demo(*, ids: int, seed: int, directory: Path) -> int:
     _write_ids(ids_path, ids)
     prepare_output(str(out_path), resume=False, overwrite=True, retry_statuses=())
     configure("auto", "error", secret=_KEY)
-    stats = anyio.run(_demo, ids_path, out_path, seed)
+    stats = RunStats()
+    live = progress.wanted(True, sys.stderr)
+    with progress.ProgressView(stats) if live else contextlib.nullcontext():
+        anyio.run(_demo, ids_path, out_path, seed, stats)
     expected = {i if isinstance(i, str) else i.text for i in iter_items([ids_path.read_bytes()])}
     seen = Counter(orjson.loads(line)["progress_id"] for line in out_path.read_bytes().splitlines())
     exact = len(seen) == len(expected) and all(v == 1 for v in seen.values())
     summary = stats.summary()
-    out = sys.stdout
-    print(f"batchpoll demo: {summary['ids']} distinct ids -> {out_path}", file=out)
-    print(f"  {'status':<28}{'ids':>8}", file=out)
-    for status, count in sorted(summary["by_status"].items(), key=lambda kv: -kv[1]):
-        print(f"  {status:<28}{count:>8}", file=out)
-    print(
-        f"  requests {summary['requests']}, retries {summary['retries']}, "
-        f"429s {summary['throttled']}, {summary['request_rate']} req/s, "
-        f"{summary['elapsed_s']} s",
-        file=out,
-    )
-    print(f"  one record per id: {'yes' if exact else 'NO'}", file=out)
-    return 0 if exact else 1
+    summary["exit_code"] = code = 0 if exact else 1
+    width = min(100, shutil.get_terminal_size().columns)
+    print(f"batchpoll demo: {summary['ids']} distinct ids polled -> {out_path}")
+    print(render(summary, width=width))
+    print(f"one record per id: {'yes' if exact else 'NO'}")
+    return code
 
 
-async def _demo(ids_path: Path, out_path: Path, seed: int) -> RunStats:
+async def _demo(ids_path: Path, out_path: Path, seed: int, stats: RunStats) -> None:
     sim = SimSettings(
         seed=seed, api_key=_KEY, latency=0.02, min_polls=1, max_polls=4, error_rate=0.02
     )
@@ -81,11 +81,10 @@ async def _demo(ids_path: Path, out_path: Path, seed: int) -> RunStats:
         sink = LineSink(str(out_path))
         try:
             async with ApiClient(settings) as client:
-                engine = Engine(settings, client.poll, sink, log=get_logger())
-                stats = await engine.run(_items(ids_path))
+                engine = Engine(settings, client.poll, sink, log=get_logger(), stats=stats)
+                await engine.run(_items(ids_path))
         finally:
             sink.close()
-        return stats
 
 
 async def _items(path: Path) -> AsyncIterator[Item]:

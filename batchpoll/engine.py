@@ -37,7 +37,7 @@ from .records import TERMINAL_STATUSES as TERMINAL
 from .schedule import DueQueue
 from .sink import SINK_BUFFER, RecordSink, write_records
 from .source import InvalidInput, Item
-from .stats import RunStats, cause_of
+from .stats import Rate, RunStats, cause_of, facts
 
 #: How many read ids may wait between the reader and the scheduler.
 READ_AHEAD: Final = 1024
@@ -401,15 +401,11 @@ class Engine:
                 )
 
     async def _heartbeat(self) -> None:
+        """Every few seconds, the facts the live progress view would show, as a log event."""
+        rate = Rate()
+        rate.sample(self._clock(), self.stats.requests)
         while True:
             await anyio.sleep(self._heartbeat_s)
             st = self.stats
-            self._log.info(
-                "heartbeat",
-                done=st.done,
-                total=st.ids if st.input_done else None,
-                read=st.ids,
-                by_status=dict(st.by_status),
-                in_flight=st.in_flight,
-                request_rate=round(st.requests / st.elapsed(), 2),
-            )
+            now_rate = rate.sample(self._clock(), st.requests)
+            self._log.info("heartbeat", read=st.ids, **facts(st, now_rate).as_log())

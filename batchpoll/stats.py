@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import time
 from array import array
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -249,3 +249,93 @@ class RunStats:
 def exit_code(by_status: Mapping[str, int], fail_on: frozenset[str]) -> int:
     """0 when no id ended in a ``--fail-on`` status, else 1."""
     return 1 if any(by_status.get(status) for status in fail_on) else 0
+
+
+#: Seconds of history behind the request rate: long enough to smooth a burst, short enough
+#: to show a 429 pause within a few redraws.
+RATE_WINDOW_S: Final = 5.0
+
+
+class Rate:
+    """Growth per second of a counter over the last *window* seconds, from samples it is fed.
+
+    The lifetime average (``requests / elapsed``) hides a 429 pause or a slow patch behind
+    everything before it, so the view shows this instead.
+    """
+
+    __slots__ = ("_samples", "_window")
+
+    def __init__(self, window: float = RATE_WINDOW_S) -> None:
+        self._window = window
+        # (time, count) oldest first; one sample at or before the window's start is kept as
+        # the base, so the span is a full window once there is that much history.
+        self._samples: deque[tuple[float, int]] = deque()
+
+    def sample(self, now: float, count: int) -> float | None:
+        """Record *count* at *now* (seconds); the rate since the window's start, None at first."""
+        samples = self._samples
+        samples.append((now, count))
+        while len(samples) > 2 and samples[1][0] <= now - self._window:
+            samples.popleft()
+        then, before = samples[0]
+        return None if now <= then else (count - before) / (now - then)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Facts:
+    """What the view shows, read from ``RunStats`` at one moment. Times in seconds."""
+
+    done: int
+    total: int | None  # None until the whole input has been read
+    by_status: Mapping[str, int]
+    request_rate: float | None  # requests/s over the last RATE_WINDOW_S; None at first
+    in_flight: int
+    throttled: int  # 429 answers
+    paused_s: float  # time spent paused by a Retry-After
+    elapsed_s: float
+    eta_s: float | None  # None while the total or the finishing rate is unknown
+
+    def as_log(self) -> dict[str, Any]:
+        """The same facts as log keys, for the heartbeat when there is no live view."""
+        return {
+            "done": self.done,
+            "total": self.total,
+            "by_status": dict(self.by_status),
+            "request_rate": None if self.request_rate is None else round(self.request_rate, 2),
+            "in_flight": self.in_flight,
+            "throttled": self.throttled,
+            "paused_s": round(self.paused_s, 3),
+            "eta_s": None if self.eta_s is None else round(self.eta_s),
+        }
+
+
+def facts(stats: RunStats, request_rate: float | None) -> Facts:
+    """Read *stats* once. The ETA divides what is left by the lifetime rate of finished ids,
+    steadier than a rolling one, since ids finish in bursts a poll interval apart."""
+    done, elapsed = stats.done, stats.elapsed()
+    total = stats.ids if stats.input_done else None
+    eta = None
+    if total is not None and done >= total:
+        eta = 0.0
+    elif total is not None and done > 0 and elapsed > 0:
+        eta = (total - done) * elapsed / done
+    return Facts(
+        done=done,
+        total=total,
+        by_status=_copy(stats.by_status),
+        request_rate=request_rate,
+        in_flight=stats.in_flight,
+        throttled=stats.throttled,
+        paused_s=stats.paused_s,
+        elapsed_s=elapsed,
+        eta_s=eta,
+    )
+
+
+def _copy(counts: Mapping[str, int]) -> dict[str, int]:
+    # The refresh thread reads while the event loop writes. Copying a Counter is one C call
+    # under the GIL; a mapping that grows mid-copy anyway shows as empty for one frame.
+    try:
+        return dict(counts)
+    except RuntimeError:
+        return {}
