@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import math
 import os
 import shutil
@@ -245,7 +246,15 @@ def run_settings(settings: Settings, input_path: str, *, overwrite: bool = False
     try:
         with view or contextlib.nullcontext():
             anyio.run(
-                _run_engine, settings, source, prior.done, TeeSink(sink, *split), stats, log, view
+                _run_engine,
+                settings,
+                source,
+                prior.done,
+                TeeSink(sink, *split),
+                stats,
+                log,
+                view,
+                backend_options=loop_options(),
             )
     finally:
         sink.close()
@@ -268,6 +277,16 @@ def run_settings(settings: Settings, input_path: str, *, overwrite: bool = False
 
         print(render(summary, width=shutil.get_terminal_size().columns), file=sys.stderr)
     return code
+
+
+def loop_options() -> dict[str, bool]:
+    """uvloop when it is installed (the ``fast`` extra), else the plain asyncio loop.
+
+    ``BATCHPOLL_LOOP=asyncio`` forces the plain loop, so both stay tested.
+    """
+    if os.environ.get("BATCHPOLL_LOOP") == "asyncio" or importlib.util.find_spec("uvloop") is None:
+        return {}
+    return {"use_uvloop": True}
 
 
 def _split_sink(settings: Settings) -> list[SplitSink]:

@@ -17,6 +17,7 @@ import anyio
 import orjson
 
 from . import progress
+from .cli import loop_options
 from .client import ApiClient
 from .config import Secret, Settings
 from .engine import Engine
@@ -48,7 +49,7 @@ def run_demo(*, ids: int, seed: int, directory: Path) -> int:
     stats = RunStats()
     live = progress.wanted(True, sys.stderr)
     with progress.ProgressView(stats) if live else contextlib.nullcontext():
-        anyio.run(_demo, ids_path, out_path, seed, stats)
+        anyio.run(_demo, ids_path, out_path, seed, stats, backend_options=loop_options())
     expected = {i if isinstance(i, str) else i.text for i in iter_items([ids_path.read_bytes()])}
     seen = Counter(orjson.loads(line)["progress_id"] for line in out_path.read_bytes().splitlines())
     exact = len(seen) == len(expected) and all(v == 1 for v in seen.values())

@@ -16,10 +16,13 @@ Waiting belongs to the scheduler's heap, never to a sleeping task per id.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import math
 import time
 from collections import deque
 from collections.abc import AsyncIterable, Awaitable, Callable, Sequence
+from dataclasses import replace
 from random import Random
 from typing import Final
 
@@ -111,9 +114,9 @@ class Engine:
         self._poll = poll
         self._sink = sink
         self._log = log
-        # Monotonic time must be anyio's: the deadline's cancel scope runs on it.
-        self._clock = anyio.current_time
-        self._wall = time.time
+        # Monotonic time must be the loop's: the deadline's cancel scope runs on it. run()
+        # binds the loop's clock directly; anyio.current_time looks the backend up per call.
+        self._clock: Callable[[], float] = anyio.current_time
         self._rng = rng or Random()
         self._heartbeat_s = heartbeat_s
         self._policy = Policy(
@@ -156,6 +159,9 @@ class Engine:
 
     async def run(self, items: AsyncIterable[Item]) -> RunStats:
         """Poll every id in *items* to exactly one record; raise only what ends the run."""
+        with contextlib.suppress(RuntimeError):  # not on asyncio: keep anyio.current_time
+            self._clock = asyncio.get_running_loop().time
+        self._policy = replace(self._policy, wall_offset=time.time() - self._clock())
         new_tx, new_rx = anyio.create_memory_object_stream[tuple[float, str]](READ_AHEAD)
         rec_tx, rec_rx = anyio.create_memory_object_stream[Record](SINK_BUFFER)
         fatal: BaseExceptionGroup[Exception] | None = None
@@ -234,9 +240,21 @@ class Engine:
             await self._expire_all(new_rx, rec_tx)
 
     async def _work(self, due_rx: MemoryObjectReceiveStream[Slot]) -> None:
+        post, poll = self._mailbox.post, self._poll
         async with due_rx:
-            async for slot in due_rx:
-                self._mailbox.post(slot, await self._poll(slot.pid))
+            while True:
+                # receive() always yields to the loop first; when a slot is already waiting,
+                # taking it at once saves a whole loop iteration per poll.
+                try:
+                    slot = due_rx.receive_nowait()
+                except anyio.WouldBlock:
+                    try:
+                        slot = await due_rx.receive()
+                    except anyio.EndOfStream:
+                        return
+                except anyio.EndOfStream:
+                    return
+                post(slot, await poll(slot.pid))
 
     async def _dispatch(
         self,
@@ -263,8 +281,8 @@ class Engine:
                 due = self._queue.next_due()
                 await self._mailbox.wait(math.inf if due is None else due - now)
                 continue
-            if expired(slot, now):
-                await self._emit(rec_tx, finish(slot, "timed_out", self._wall()))
+            if expired(slot, now, self._policy):
+                await self._emit(rec_tx, finish(slot, "timed_out", self._policy))
                 continue
             ready_at = max(self._paused_until, now + self._limiter.wait_time(now))
             if ready_at > now:
@@ -277,7 +295,7 @@ class Engine:
             # tolerance); any window then holds at most rate*t + burst + 1/4 requests.
             booked = now if sendable_at is None else max(sendable_at, now - self._slack)
             self._limiter.reserve(booked)
-            note_sent(slot, self._policy, now, self._wall())
+            note_sent(slot, now)
             self._in_flight.add(slot)
             self.stats.requests += 1
             self.stats.in_flight = len(self._in_flight)
@@ -308,7 +326,7 @@ class Engine:
             self.stats.in_flight = len(self._in_flight)
             now = self._clock()
             self._note(slot, outcome, now)
-            step = advance(slot, outcome, self._policy, now, self._wall(), self._rng)
+            step = advance(slot, outcome, self._policy, now, self._rng)
             if isinstance(step, Record):
                 await self._emit(rec_tx, step)
             else:
@@ -365,7 +383,6 @@ class Engine:
         """The run's deadline passed: every id without a record gets ``timed_out``."""
         self._log.warning("deadline_reached", deadline_s=self.settings.deadline)
         await self._take_results(rec_tx)  # answers that made it back still count
-        wall = self._wall()
         left = [*self._in_flight, *self._queue.pop_all()]
         if self._held is not None:
             left.append(self._held[0])
@@ -374,9 +391,9 @@ class Engine:
         self._in_flight.clear()
         self.stats.in_flight = 0
         for slot in left:
-            await self._emit(rec_tx, finish(slot, "timed_out", wall))
+            await self._emit(rec_tx, finish(slot, "timed_out", self._policy))
         async for _, pid in new_rx:
-            await self._emit(rec_tx, finish(Slot(pid), "timed_out", wall))
+            await self._emit(rec_tx, finish(Slot(pid), "timed_out", self._policy))
 
     @staticmethod
     async def _emit(rec_tx: _Records, record: Record) -> None:

@@ -36,33 +36,27 @@ class Policy:
     max_retries: int
     growth: float = 1.5
     jitter: float = 0.2
+    #: Epoch seconds minus monotonic seconds, fixed for the run: wall times are derived from
+    #: monotonic ones, so a slot stores two floats instead of four.
+    wall_offset: float = 0.0
 
 
 class Slot:
-    """Mutable state of one id being polled; about 150 bytes, so 100k of them stay small."""
+    """Mutable state of one id being polled: 8 slots, about 100 bytes plus the id itself.
 
-    __slots__ = (
-        "answer",
-        "base",
-        "expires_at",
-        "failures",
-        "first_mono",
-        "first_wall",
-        "last_reason",
-        "last_wall",
-        "pid",
-        "polls",
-    )
+    Times are monotonic seconds; the expiry is derived from ``first`` and the policy rather
+    than stored, because 100k waiting ids multiply every field.
+    """
+
+    __slots__ = ("answer", "base", "failures", "first", "last", "last_reason", "pid", "polls")
 
     def __init__(self, pid: str) -> None:
         self.pid = pid
         self.polls = 0
         self.failures = 0  # consecutive transient failures
         self.base: float | None = None  # un-jittered wait between in-progress polls
-        self.first_mono = 0.0
-        self.first_wall = 0.0
-        self.last_wall = 0.0
-        self.expires_at = float("inf")
+        self.first = 0.0  # when the first request went out
+        self.last = 0.0  # when the latest request went out
         self.answer: Answer | None = None
         self.last_reason: str | None = None
 
@@ -70,65 +64,64 @@ class Slot:
         return f"Slot({self.pid!r}, polls={self.polls}, failures={self.failures})"
 
 
-def note_sent(slot: Slot, policy: Policy, now: float, wall: float) -> None:
+def note_sent(slot: Slot, now: float) -> None:
     """Record that a request for *slot* goes out now; the first one starts its timeout."""
     if slot.polls == 0:
-        slot.first_mono = now
-        slot.first_wall = wall
-        slot.expires_at = now + policy.timeout
+        slot.first = now
     slot.polls += 1
-    slot.last_wall = wall
+    slot.last = now
 
 
 def advance(
-    slot: Slot, outcome: Outcome, policy: Policy, now: float, wall: float, rng: Random
+    slot: Slot, outcome: Outcome, policy: Policy, now: float, rng: Random
 ) -> Record | float:
     """Apply one poll's outcome: the id's final record, or when (monotonic s) to poll again."""
     match outcome:
         case Answer(status=status) if status in TERMINAL_STATUSES:
             slot.answer = outcome
-            return finish(slot, status, wall)
+            return finish(slot, status, policy)
         case Answer():
             slot.answer = outcome
             slot.failures = 0
             slot.base = grow(
                 slot.base, first=policy.interval, factor=policy.growth, cap=policy.max_interval
             )
-            return _again(slot, now + jittered(slot.base, jitter=policy.jitter, rng=rng))
+            return _again(slot, policy, now + jittered(slot.base, jitter=policy.jitter, rng=rng))
         case Rejected(messages=messages):
-            return finish(slot, "rejected", wall, error=messages)
+            return finish(slot, "rejected", policy, error=messages)
         case NotFound():
-            return finish(slot, "not_found", wall, error="HTTP 404: no such progress id")
+            return finish(slot, "not_found", policy, error="HTTP 404: no such progress id")
         case Broken(reason=reason):
-            return finish(slot, "error", wall, error=reason)
+            return finish(slot, "error", policy, error=reason)
         case Throttled(retry_after=retry_after, reason=reason) if retry_after is not None:
             # The whole run pauses until retry_after passes (the engine's job); this id is
             # simply due again, and waiting as asked does not use up its retries.
             slot.last_reason = reason
-            return _again(slot, now)
+            return _again(slot, policy, now)
         case Throttled(reason=reason) | Transient(reason=reason):
             slot.failures += 1
             slot.last_reason = reason
             if slot.failures >= policy.max_retries:
-                return finish(slot, "error", wall, error=f"{reason} ({slot.failures} attempts)")
+                error = f"{reason} ({slot.failures} attempts)"
+                return finish(slot, "error", policy, error=error)
             delay = retry_delay(
                 slot.failures, base=policy.interval, cap=policy.max_interval, rng=rng
             )
-            return _again(slot, now + delay)
+            return _again(slot, policy, now + delay)
     raise AssertionError(f"unhandled outcome {outcome!r}")  # pragma: no cover
 
 
-def _again(slot: Slot, due: float) -> float:
+def _again(slot: Slot, policy: Policy, due: float) -> float:
     # Never sleep past the id's own budget: wake at expiry, and expire then without a request.
-    return min(due, slot.expires_at)
+    return min(due, slot.first + policy.timeout)
 
 
-def expired(slot: Slot, now: float) -> bool:
+def expired(slot: Slot, now: float, policy: Policy) -> bool:
     """Whether the id's per-id budget is spent (it was polled and its timeout has passed)."""
-    return slot.polls > 0 and now >= slot.expires_at
+    return slot.polls > 0 and now >= slot.first + policy.timeout
 
 
-def finish(slot: Slot, status: str, wall: float, *, error: str | None = None) -> Record:
+def finish(slot: Slot, status: str, policy: Policy, *, error: str | None = None) -> Record:
     """The id's one record, with the API's last values and batchpoll's own facts."""
     answer = slot.answer
     if error is None and answer is not None:
@@ -144,9 +137,9 @@ def finish(slot: Slot, status: str, wall: float, *, error: str | None = None) ->
         result=answer.result if answer else None,
         error=error,
         polls=slot.polls,
-        first_poll_at=_iso(slot.first_wall) if polled else None,
-        last_poll_at=_iso(slot.last_wall) if polled else None,
-        elapsed_s=round(slot.last_wall - slot.first_wall, 3) if polled else None,
+        first_poll_at=_iso(slot.first + policy.wall_offset) if polled else None,
+        last_poll_at=_iso(slot.last + policy.wall_offset) if polled else None,
+        elapsed_s=round(slot.last - slot.first, 3) if polled else None,
         last_api_status=answer.status if answer else None,
     )
 

@@ -9,13 +9,16 @@ import pytest
 from batchpoll.lifecycle import Policy, Slot, advance, expired, finish, note_sent
 from batchpoll.records import Answer, Broken, NotFound, Record, Rejected, Throttled, Transient
 
-POLICY = Policy(interval=2.0, max_interval=10.0, timeout=100.0, max_retries=3, jitter=0.0)
+POLICY = Policy(
+    interval=2.0, max_interval=10.0, timeout=100.0, max_retries=3, jitter=0.0,
+    wall_offset=1_700_000_000.0,
+)  # fmt: skip
 IN_PROGRESS = Answer(status="in_progress", mode="improve", session_id=7, result=None, error=None)
 DONE = Answer(status="completed", mode="improve", session_id=7, result={"x": 1}, error=None)
 
 
 def sent(slot: Slot, now: float) -> Slot:
-    note_sent(slot, POLICY, now, wall=1_700_000_000.0 + now)
+    note_sent(slot, now)
     return slot
 
 
@@ -24,7 +27,7 @@ def test_waits_start_at_interval_and_grow_to_the_cap() -> None:
     slot, now, waits = Slot("a"), 0.0, []
     for _ in range(7):
         sent(slot, now)
-        due = advance(slot, IN_PROGRESS, POLICY, now, 0.0, Random(1))
+        due = advance(slot, IN_PROGRESS, POLICY, now, Random(1))
         assert isinstance(due, float)
         waits.append(due - now)
         now = due
@@ -37,7 +40,7 @@ def test_jitter_only_shortens_the_wait() -> None:
     rng = Random(3)
     for _ in range(200):
         slot = sent(Slot("a"), 0.0)
-        due = advance(slot, IN_PROGRESS, policy, 0.0, 0.0, rng)
+        due = advance(slot, IN_PROGRESS, policy, 0.0, rng)
         assert isinstance(due, float)
         assert 1.6 <= due <= 2.0
 
@@ -45,9 +48,9 @@ def test_jitter_only_shortens_the_wait() -> None:
 def test_terminal_answer_ends_with_the_api_values() -> None:
     """A terminal answer ends the id with its status, mode, session, result and error."""
     slot = sent(Slot("a"), 0.0)
-    advance(slot, IN_PROGRESS, POLICY, 0.0, 0.0, Random())
+    advance(slot, IN_PROGRESS, POLICY, 0.0, Random())
     sent(slot, 2.0)
-    rec = advance(slot, DONE, POLICY, 2.0, 0.0, Random())
+    rec = advance(slot, DONE, POLICY, 2.0, Random())
     assert isinstance(rec, Record)
     assert (rec.status, rec.mode, rec.session_id, rec.result) == (
         "completed",
@@ -72,7 +75,7 @@ def test_terminal_answer_ends_with_the_api_values() -> None:
 def test_final_outcomes_end_at_once(outcome: object, status: str, error: str) -> None:
     """404, 400 and unmendable failures end the id on the first poll."""
     slot = sent(Slot("a"), 0.0)
-    rec = advance(slot, outcome, POLICY, 0.0, 0.0, Random())  # type: ignore[arg-type]
+    rec = advance(slot, outcome, POLICY, 0.0, Random())  # type: ignore[arg-type]
     assert isinstance(rec, Record)
     assert (rec.status, rec.error) == (status, error)
 
@@ -82,12 +85,12 @@ def test_transient_failures_back_off_then_end_as_error() -> None:
     slot, now = Slot("a"), 0.0
     for attempt in (1, 2):
         sent(slot, now)
-        due = advance(slot, Transient(reason="HTTP 502"), POLICY, now, 0.0, Random(attempt))
+        due = advance(slot, Transient(reason="HTTP 502"), POLICY, now, Random(attempt))
         assert isinstance(due, float)
         assert now <= due <= now + min(10.0, 2.0 * 2 ** (attempt - 1))
         now = due
     sent(slot, now)
-    rec = advance(slot, Transient(reason="HTTP 502"), POLICY, now, 0.0, Random())
+    rec = advance(slot, Transient(reason="HTTP 502"), POLICY, now, Random())
     assert isinstance(rec, Record)
     assert rec.status == "error"
     assert rec.error == "HTTP 502 (3 attempts)"
@@ -97,16 +100,16 @@ def test_an_answer_resets_the_failure_count() -> None:
     """Only failures in a row count: an in-progress answer starts the count again."""
     slot = sent(Slot("a"), 0.0)
     for _ in range(5):
-        advance(slot, Transient(reason="reset"), POLICY, 0.0, 0.0, Random())
+        advance(slot, Transient(reason="reset"), POLICY, 0.0, Random())
         assert slot.failures < POLICY.max_retries
-        advance(slot, IN_PROGRESS, POLICY, 0.0, 0.0, Random())
+        advance(slot, IN_PROGRESS, POLICY, 0.0, Random())
         assert slot.failures == 0
 
 
 def test_throttle_with_retry_after_costs_no_retry() -> None:
     """A 429 with Retry-After makes the id due now (the run pauses) without counting a failure."""
     slot = sent(Slot("a"), 5.0)
-    due = advance(slot, Throttled(retry_after=3.0, reason="HTTP 429"), POLICY, 5.0, 0.0, Random())
+    due = advance(slot, Throttled(retry_after=3.0, reason="HTTP 429"), POLICY, 5.0, Random())
     assert due == 5.0
     assert slot.failures == 0
 
@@ -114,7 +117,7 @@ def test_throttle_with_retry_after_costs_no_retry() -> None:
 def test_throttle_without_retry_after_backs_off_like_a_failure() -> None:
     """A 429 without Retry-After counts as a transient failure of the id."""
     slot = sent(Slot("a"), 0.0)
-    advance(slot, Throttled(retry_after=None, reason="HTTP 429"), POLICY, 0.0, 0.0, Random())
+    advance(slot, Throttled(retry_after=None, reason="HTTP 429"), POLICY, 0.0, Random())
     assert slot.failures == 1
 
 
@@ -122,20 +125,20 @@ def test_never_scheduled_past_the_per_id_timeout() -> None:
     """The next poll is never later than the id's timeout, where it expires without a request."""
     policy = Policy(interval=2.0, max_interval=10.0, timeout=5.0, max_retries=3, jitter=0.0)
     slot = Slot("a")
-    note_sent(slot, policy, 0.0, 0.0)
+    note_sent(slot, 0.0)
     slot.base = 8.0
-    due = advance(slot, IN_PROGRESS, policy, 4.0, 0.0, Random())
+    due = advance(slot, IN_PROGRESS, policy, 4.0, Random())
     assert due == 5.0
-    assert not expired(slot, 4.9)
-    assert expired(slot, 5.0)
+    assert not expired(slot, 4.9, policy)
+    assert expired(slot, 5.0, policy)
 
 
 def test_timed_out_record_keeps_the_last_api_status_and_failure() -> None:
     """A timed-out id keeps the API's last values, and the last failure when there was one."""
     slot = sent(Slot("a"), 0.0)
-    advance(slot, IN_PROGRESS, POLICY, 0.0, 0.0, Random())
-    advance(slot, Transient(reason="HTTP 500"), POLICY, 1.0, 0.0, Random())
-    rec = finish(slot, "timed_out", 0.0)
+    advance(slot, IN_PROGRESS, POLICY, 0.0, Random())
+    advance(slot, Transient(reason="HTTP 500"), POLICY, 1.0, Random())
+    rec = finish(slot, "timed_out", POLICY)
     assert rec.last_api_status == "in_progress"
     assert rec.mode == "improve"
     assert rec.error == "last failure: HTTP 500"
@@ -143,11 +146,11 @@ def test_timed_out_record_keeps_the_last_api_status_and_failure() -> None:
 
 def test_an_id_never_polled_has_no_times() -> None:
     """An id that never got a poll (the run's deadline came first) is written without times."""
-    rec = finish(Slot("a"), "timed_out", 0.0)
+    rec = finish(Slot("a"), "timed_out", POLICY)
     assert (rec.polls, rec.first_poll_at, rec.elapsed_s, rec.last_api_status) == (
         0,
         None,
         None,
         None,
     )
-    assert not expired(Slot("a"), 1e9)
+    assert not expired(Slot("a"), 1e9, POLICY)
