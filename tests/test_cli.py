@@ -331,3 +331,17 @@ async def test_config_command_shows_values_and_sources_never_the_key(tmp_path: P
     assert re.search(r"^concurrency\s+= 32\s+# default$", text, re.M)
     assert "*** (env CEKURA_API_KEY)" in text
     assert KEY not in text
+
+
+@pytest.mark.parametrize(
+    "loop", ["asyncio", "default"], ids=["plain-asyncio", "uvloop-if-installed"]
+)
+async def test_runs_on_the_plain_asyncio_loop_and_on_uvloop(tmp_path: Path, loop: str) -> None:
+    """The same run ends the same way on the plain asyncio loop and on uvloop."""
+    ids = ids_ending("completed", 5) + ids_ending("failed", 2)
+    async with running_simulator(SIM) as sim:
+        code, out, err = await batchpoll(
+            run_args(sim, write_ids(tmp_path, ids)), tmp_path, env={"BATCHPOLL_LOOP": loop}
+        )
+    assert code == 1, err
+    assert sorted(r["status"] for r in lines(out)) == ["completed"] * 5 + ["failed"] * 2
