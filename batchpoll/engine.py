@@ -4,7 +4,7 @@
 
     items ──reader──▶ new ids (stream, READ_AHEAD) ──┐
                                                      ▼
-                 ┌──────────── scheduler: DueQueue of Slots, Gcra, pause ───────────┐
+                 ┌──────────── scheduler: TimingWheel of Slots, Gcra, pause ───────────┐
                  │ due slots (stream, ≤ concurrency)          results (Mailbox)     │
                  ▼                                                 ▲                ▼
            N workers ── ApiClient.poll ────────────────────────────┘     records (stream) ──▶ sink
@@ -37,7 +37,7 @@ from .lifecycle import Policy, Slot, advance, expired, finish, note_sent
 from .ratelimit import Gcra
 from .records import IN_PROGRESS, Answer, Outcome, Record, Throttled, Transient
 from .records import TERMINAL_STATUSES as TERMINAL
-from .schedule import DueQueue
+from .schedule import TimingWheel
 from .sink import SINK_BUFFER, RecordSink, write_records
 from .source import InvalidInput, Item
 from .stats import Rate, RunStats, cause_of, facts
@@ -126,7 +126,7 @@ class Engine:
             max_retries=settings.max_retries,
         )
         self._limiter = Gcra(settings.rate, settings.burst)
-        self._queue: DueQueue[Slot] = DueQueue()
+        self._queue: TimingWheel[Slot] = TimingWheel()
         self._mailbox = Mailbox()
         self._in_flight: set[Slot] = set()
         # A picked slot waiting for the limiter or a pause, and when it will be sendable.

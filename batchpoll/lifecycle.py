@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from random import Random
+from typing import Any
 
 from .backoff import grow, jittered, retry_delay
 from .records import (
@@ -42,13 +43,26 @@ class Policy:
 
 
 class Slot:
-    """Mutable state of one id being polled: 8 slots, about 100 bytes plus the id itself.
+    """Mutable state of one id being polled: 12 slots, about 130 bytes plus the id itself.
 
     Times are monotonic seconds; the expiry is derived from ``first`` and the policy rather
     than stored, because 100k waiting ids multiply every field.
     """
 
-    __slots__ = ("answer", "base", "failures", "first", "last", "last_reason", "pid", "polls")
+    __slots__ = (
+        "base",
+        "error",
+        "failures",
+        "first",
+        "last",
+        "last_reason",
+        "mode",
+        "pid",
+        "polls",
+        "result",
+        "session_id",
+        "status",
+    )
 
     def __init__(self, pid: str) -> None:
         self.pid = pid
@@ -57,8 +71,19 @@ class Slot:
         self.base: float | None = None  # un-jittered wait between in-progress polls
         self.first = 0.0  # when the first request went out
         self.last = 0.0  # when the latest request went out
-        self.answer: Answer | None = None
+        # The API's values as last returned, held here rather than as the Answer object:
+        # one object fewer per waiting id.
+        self.status: str | None = None
+        self.mode: str | None = None
+        self.session_id: int | None = None
+        self.result: Any = None
+        self.error: str | None = None
         self.last_reason: str | None = None
+
+    def keep(self, answer: Answer) -> None:
+        """Remember the API's values from *answer*."""
+        self.status, self.mode, self.session_id = answer.status, answer.mode, answer.session_id
+        self.result, self.error = answer.result, answer.error
 
     def __repr__(self) -> str:
         return f"Slot({self.pid!r}, polls={self.polls}, failures={self.failures})"
@@ -78,10 +103,10 @@ def advance(
     """Apply one poll's outcome: the id's final record, or when (monotonic s) to poll again."""
     match outcome:
         case Answer(status=status) if status in TERMINAL_STATUSES:
-            slot.answer = outcome
+            slot.keep(outcome)
             return finish(slot, status, policy)
         case Answer():
-            slot.answer = outcome
+            slot.keep(outcome)
             slot.failures = 0
             slot.base = grow(
                 slot.base, first=policy.interval, factor=policy.growth, cap=policy.max_interval
@@ -123,24 +148,23 @@ def expired(slot: Slot, now: float, policy: Policy) -> bool:
 
 def finish(slot: Slot, status: str, policy: Policy, *, error: str | None = None) -> Record:
     """The id's one record, with the API's last values and batchpoll's own facts."""
-    answer = slot.answer
-    if error is None and answer is not None:
-        error = answer.error
+    if error is None:
+        error = slot.error
     if error is None and status == "timed_out" and slot.last_reason:
         error = f"last failure: {slot.last_reason}"
     polled = slot.polls > 0
     return Record(
         progress_id=slot.pid,
         status=status,
-        mode=answer.mode if answer else None,
-        session_id=answer.session_id if answer else None,
-        result=answer.result if answer else None,
+        mode=slot.mode,
+        session_id=slot.session_id,
+        result=slot.result,
         error=error,
         polls=slot.polls,
         first_poll_at=_iso(slot.first + policy.wall_offset) if polled else None,
         last_poll_at=_iso(slot.last + policy.wall_offset) if polled else None,
         elapsed_s=round(slot.last - slot.first, 3) if polled else None,
-        last_api_status=answer.status if answer else None,
+        last_api_status=slot.status,
     )
 
 
