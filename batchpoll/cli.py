@@ -22,6 +22,7 @@ from structlog.typing import FilteringBoundLogger
 from . import __version__
 from .config import Settings, describe, load_settings
 from .errors import BatchpollError, InputFileError, UsageError
+from .shard import owned
 from .sink import (
     STDOUT,
     LineSink,
@@ -90,6 +91,11 @@ def _settings_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--junit", metavar="PATH", help="write a JUnit XML report at the end")
     p.add_argument("--split-by-status", metavar="DIR", help="also write DIR/<status>.jsonl")
     p.add_argument("--fsync", action="store_true", help="make every write to OUTPUT durable")
+    p.add_argument("--shard", metavar="K/N", help="poll only the ids of shard K of N")
+    p.add_argument(
+        "--rate-store", metavar="URL", help="redis:// URL sharing the rate budget across processes"
+    )
+    p.add_argument("--rate-key", metavar="KEY", help="processes with one key share one budget")
     p.add_argument(
         "--allow-insecure-http",
         action="store_true",
@@ -322,10 +328,35 @@ async def _run_engine(
 
     # With the live view up, the heartbeat would only repeat what the bar shows.
     heartbeat_s = math.inf if view is not None else HEARTBEAT_S
-    async with ApiClient(settings) as client, anyio.create_task_group() as tg:
-        engine = Engine(settings, client.poll, sink, log=log, stats=stats, heartbeat_s=heartbeat_s)
+    budget = None
+    if settings.rate_store is not None:
+        # First, so an unreachable store ends the run (exit 2) before any request.
+        from .ratestore import SharedBudget
+
+        budget = await SharedBudget.connect(
+            settings.rate_store,
+            key=settings.rate_key,
+            rate=settings.rate,
+            burst=settings.burst,
+            log=log,
+        )
+    async with (
+        budget or contextlib.nullcontext(),
+        ApiClient(settings) as client,
+        anyio.create_task_group() as tg,
+    ):
+        engine = Engine(
+            settings,
+            client.poll,
+            sink,
+            log=log,
+            stats=stats,
+            heartbeat_s=heartbeat_s,
+            budget=budget,
+        )
         await tg.start(_stop_on_signal, engine, stats, log, view)
-        await engine.run(_skip_done(aiter_items(_read_chunks(source)), done))
+        items = owned(aiter_items(_read_chunks(source)), settings.shard)
+        await engine.run(_skip_done(items, done))
         tg.cancel_scope.cancel()
 
 

@@ -11,6 +11,7 @@ import difflib
 import hmac
 import ipaddress
 import math
+import re
 import stat
 import tomllib
 from collections.abc import Callable, Mapping
@@ -22,6 +23,7 @@ from urllib.parse import urlsplit
 
 from .errors import ConfigError, UsageError
 from .records import ALL_STATUSES, DEFAULT_FAIL_ON
+from .shard import COUNT_ENV, INDEX_ENV, Shard, parse_shard, shard_from_env
 
 
 class Secret:
@@ -83,6 +85,11 @@ class Settings:
     split_by_status: str | None = None  # also write DIR/<status>.jsonl
     fsync: bool = False  # make every sink write durable before going on
     allow_insecure_http: bool = False  # let the key travel over plain http to a non-loopback host
+    shard: Shard | None = None  # poll only the ids this shard owns; None: every id
+    # redis://, rediss:// or unix:// URL of the store sharing the rate budget and the pause;
+    # None: both stay in this process. Kept out of repr: the URL may hold a password.
+    rate_store: str | None = field(default=None, repr=False)
+    rate_key: str = "batchpoll"  # processes with the same rate_key share one budget
     api_key: Secret | None = None  # never a plain CLI value
     api_key_source: str = ""  # "env CEKURA_API_KEY", "file PATH" or "~/.cekura/config.toml"
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
@@ -248,6 +255,59 @@ def _http_url(value: str) -> str | None:
     return None
 
 
+def _shard(raw: object, text: bool) -> Shard:
+    if isinstance(raw, Shard):
+        return raw
+    if not isinstance(raw, str):
+        raise TypeError('must be a string "K/N", like "0/3"')
+    return parse_shard(raw)
+
+
+def _store_url(value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        parts = urlsplit(value)
+        _ = parts.port  # urlsplit checks the port only when it is read
+    except ValueError:
+        return "is not a valid URL"
+    if parts.scheme in ("redis", "rediss"):
+        if not parts.hostname:
+            return "must name a host: redis://HOST:PORT/DB"
+        db = parts.path.removeprefix("/")
+        if db and not (db.isascii() and db.isdigit()):
+            return "must end in /DB, a database number like /0, or nothing"
+    elif parts.scheme == "unix":
+        if not parts.path:
+            return "must name a socket path: unix:///run/redis/redis.sock?db=0"
+    else:
+        return "must be a redis://, rediss:// or unix:// URL"
+    if parts.fragment:
+        return "must not have a fragment"
+    return None
+
+
+_PASSWORD_ARG: Final = re.compile(r"([?&]password=)[^&#]*", re.IGNORECASE)
+
+
+def masked_url(url: str) -> str:
+    """*url* with its password (or, without a colon, its whole user part) shown as ``***``.
+
+    Errs towards masking: everything before the last ``@`` ahead of the query counts as the
+    user part, so a password holding an unescaped ``/`` is masked too.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    cut = min(i for i in (rest.find("?"), rest.find("#"), len(rest)) if i >= 0)
+    head, tail = rest[:cut], _PASSWORD_ARG.sub(r"\1***", rest[cut:])
+    userinfo, at, after = head.rpartition("@")
+    if at:
+        user, colon, _ = userinfo.partition(":")
+        head = f"{user}:***@{after}" if colon else f"***@{after}"
+    return f"{scheme}://{head}{tail}"
+
+
 def _url_path(value: str) -> str | None:
     if not value.startswith("/") or any(c in value for c in "?# \t\r\n"):
         return "must start with '/' and hold no '?', '#' or whitespace"
@@ -284,6 +344,9 @@ _SPECS: Final[Mapping[str, _Spec]] = {
     "split_by_status": _Spec(_optional(_str), (_non_empty,)),
     "fsync": _Spec(_bool),
     "allow_insecure_http": _Spec(_bool),
+    "shard": _Spec(_optional(_shard)),
+    "rate_store": _Spec(_optional(_str), (_non_empty, _store_url)),
+    "rate_key": _Spec(_str, (_non_empty,)),
 }
 # api_key_file is resolved like an option but is not a Settings field: it only leads to the key.
 _RESOLVED: Final[Mapping[str, _Spec]] = {**_SPECS, _KEY_FILE: _Spec(_str, (_non_empty,))}
@@ -324,17 +387,55 @@ def load_settings(
         # The official CLI's own setting: below every batchpoll layer, above the default.
         values["base_url"] = _parse("base_url", _SPECS["base_url"], url, _CEKURA_FILE, False)
         sources["base_url"] = _CEKURA_FILE
+    if sources["shard"] == "default" and (shard := _kubernetes_shard(env)) is not None:
+        values["shard"], sources["shard"] = shard, _KUBERNETES_SOURCE
     _check_intervals(values, sources)
     _check_transport(values, sources)
     key_file = values.pop(_KEY_FILE, None)
     key_file_source = sources.pop(_KEY_FILE)
-    settings = Settings(**values, sources=MappingProxyType(sources), warnings=cekura.warnings)
+    warnings = cekura.warnings + _sharing_warnings(values, sources)
+    settings = Settings(**values, sources=MappingProxyType(sources), warnings=warnings)
     found_key = _find_key(key_file, key_file_source, env, home, cekura)
     if found_key is None:
         if require_key:
             raise MissingApiKey(oauth_only=cekura.oauth_only)
         return settings
     return replace(settings, api_key=found_key[0], api_key_source=found_key[1])
+
+
+_KUBERNETES_SOURCE: Final = f"env {INDEX_ENV}/{COUNT_ENV}"
+
+
+def _kubernetes_shard(env: Mapping[str, str]) -> Shard | None:
+    """The shard of a Kubernetes Indexed Job's pod: below every batchpoll layer."""
+    try:
+        # BATCHPOLL_SHARD is empty or unset here (else it would have won), so only the
+        # JOB_COMPLETION_INDEX + BATCHPOLL_SHARDS pair is left to look at.
+        return shard_from_env(env)
+    except ValueError as exc:
+        pair = f"{env.get(INDEX_ENV, '')}/{env.get(COUNT_ENV, '')}"
+        raise ConfigError("shard", pair, _KUBERNETES_SOURCE, str(exc)) from None
+
+
+def _sharing_warnings(values: Mapping[str, Any], sources: Mapping[str, str]) -> tuple[str, ...]:
+    """What a sharded or store-sharing run is told before it starts."""
+    warnings: list[str] = []
+    store: str | None = values.get("rate_store")
+    shard: Shard | None = values.get("shard")
+    from_flag = sources["rate_store"].startswith("flag ")
+    if store is not None and from_flag and masked_url(store) != store:
+        warnings.append(
+            "rate_store from --rate-store holds a password, and a command line is visible to "
+            "every user of this machine: set BATCHPOLL_RATE_STORE or rate_store in the "
+            "config file instead"
+        )
+    if shard is not None and shard.count > 1 and store is None:
+        warnings.append(
+            f"shard {shard} without rate_store: each of the {shard.count} processes keeps its "
+            f"own rate budget, so together they may send {shard.count} x rate requests/s; "
+            "give --rate-store to share one budget, or divide --rate by the shard count"
+        )
+    return tuple(warnings)
 
 
 def _check_transport(values: Mapping[str, Any], sources: Mapping[str, str]) -> None:
@@ -376,11 +477,18 @@ def parse_statuses(text: str, source: str) -> frozenset[str]:
 
 
 def describe(settings: Settings) -> dict[str, object]:
-    """The effective settings as a plain dict for logs: sorted lists, the key as ``***``."""
+    """The effective settings as a plain dict for logs: sorted lists, the key as ``***``,
+    the shard as ``K/N``, any password in ``rate_store`` as ``***``."""
     described: dict[str, object] = {}
     for name in OPTION_NAMES:
         value = getattr(settings, name)
-        described[name] = sorted(value) if isinstance(value, frozenset) else value
+        if isinstance(value, frozenset):
+            value = sorted(value)
+        elif isinstance(value, Shard):
+            value = str(value)
+        described[name] = value
+    if settings.rate_store is not None:
+        described["rate_store"] = masked_url(settings.rate_store)
     described["api_key"] = None if settings.api_key is None else "***"
     described["api_key_source"] = settings.api_key_source
     return described
@@ -407,13 +515,15 @@ def _find(
 
 
 def _parse(name: str, spec: _Spec, raw: object, source: str, text: bool) -> Any:
+    # A store URL may hold a password: an error names the value with it masked.
+    shown = masked_url(raw) if name == "rate_store" and isinstance(raw, str) else raw
     try:
         value = spec.parse(raw, text)
     except (ValueError, TypeError) as exc:
-        raise ConfigError(name, raw, source, str(exc)) from None
+        raise ConfigError(name, shown, source, str(exc)) from None
     for check in spec.checks:
         if (problem := check(value)) is not None:
-            raise ConfigError(name, raw, source, problem)
+            raise ConfigError(name, shown, source, problem)
     return value
 
 

@@ -35,6 +35,7 @@ from .config import Settings
 from .errors import BatchpollError
 from .lifecycle import Policy, Slot, advance, expired, finish, note_sent
 from .ratelimit import Gcra
+from .ratestore import SharedBudget
 from .records import IN_PROGRESS, Answer, Outcome, Record, Throttled, Transient
 from .records import TERMINAL_STATUSES as TERMINAL
 from .schedule import TimingWheel
@@ -108,6 +109,7 @@ class Engine:
         stats: RunStats | None = None,
         rng: Random | None = None,
         heartbeat_s: float = HEARTBEAT_S,
+        budget: SharedBudget | None = None,
     ) -> None:
         self.settings = settings
         self.stats = stats or RunStats(fail_on=settings.fail_on)
@@ -119,6 +121,10 @@ class Engine:
         self._clock: Callable[[], float] = anyio.current_time
         self._rng = rng or Random()
         self._heartbeat_s = heartbeat_s
+        # A rate budget and pause shared with other processes (--rate-store), or None.
+        self._budget = budget
+        self._grant: float | None = None  # when the held slot's shared grant lets it go
+        self._share_pause: float | None = None  # a pause (s) still to tell the other processes
         self._policy = Policy(
             interval=settings.interval,
             max_interval=settings.max_interval,
@@ -206,7 +212,8 @@ class Engine:
                 await new_tx.send((self._clock(), item))
                 self._mailbox.wake()
         self.stats.input_done = True
-        best = self.stats.ids / self.settings.rate
+        shards = self.settings.shard.count if self.settings.shard and self._budget else 1
+        best = self.stats.ids * shards / self.settings.rate
         self._log.info("input_read", ids=self.stats.ids, best_interval_s=round(best, 3))
         if best > self.settings.max_interval:
             self._log.warning(
@@ -284,23 +291,56 @@ class Engine:
             if expired(slot, now, self._policy):
                 await self._emit(rec_tx, finish(slot, "timed_out", self._policy))
                 continue
-            ready_at = max(self._paused_until, now + self._limiter.wait_time(now))
-            if ready_at > now:
-                self._held = (slot, ready_at)
-                await self._mailbox.wait(ready_at - now)
-                continue
-            # Timers fire a little late (epoll counts whole milliseconds). Booking the request
-            # when it became sendable, forgiving at most a quarter interval, keeps that lateness
-            # from piling up into a lower rate (ATM's GCRA calls this delay-variation
-            # tolerance); any window then holds at most rate*t + burst + 1/4 requests.
-            booked = now if sendable_at is None else max(sendable_at, now - self._slack)
-            self._limiter.reserve(booked)
+            if self._budget is not None:
+                if not await self._shared_turn(slot, now):
+                    continue
+                now = self._clock()
+            else:
+                ready_at = max(self._paused_until, now + self._limiter.wait_time(now))
+                if ready_at > now:
+                    self._held = (slot, ready_at)
+                    await self._mailbox.wait(ready_at - now)
+                    continue
+                # Timers fire a little late (epoll counts whole milliseconds). Booking the
+                # request when it became sendable, forgiving at most a quarter interval, keeps
+                # that lateness from piling up into a lower rate (ATM's GCRA calls this
+                # delay-variation tolerance); any window then holds at most
+                # rate*t + burst + 1/4 requests.
+                booked = now if sendable_at is None else max(sendable_at, now - self._slack)
+                self._limiter.reserve(booked)
             note_sent(slot, now)
             self._in_flight.add(slot)
             self.stats.requests += 1
             self.stats.in_flight = len(self._in_flight)
             # Never blocks: the buffer holds `concurrency` and at most that many are in flight.
             due_tx.send_nowait(slot)
+
+    async def _shared_turn(self, slot: Slot, now: float) -> bool:
+        """With a shared budget: whether *slot* may go now; if not, it is held until it may.
+
+        The grant is booked in Redis before the wait (the store's clock decides), so a held
+        slot keeps its grant; a pause learnt locally meanwhile voids it, since sending on it
+        would go out during the pause.
+        """
+        assert self._budget is not None
+        if self._paused_until > now:
+            self._grant = None
+            self._held = (slot, self._paused_until)
+            await self._mailbox.wait(self._paused_until - now)
+            return False
+        if self._grant is None:
+            # Held while Redis answers, so a deadline cancelling the wait still finds it.
+            self._held = (slot, math.inf)
+            wait = await self._budget.reserve()
+            self._held = None
+            now = self._clock()
+            self._grant = now + wait
+        if self._grant > now:
+            self._held = (slot, self._grant)
+            await self._mailbox.wait(self._grant - now)
+            return False
+        self._grant = None
+        return True
 
     def _pick(self, new_rx: _NewIds, now: float) -> Slot | None:
         """The earliest-due slot: a re-poll from the queue or a newly read id, or None."""
@@ -331,6 +371,9 @@ class Engine:
                 await self._emit(rec_tx, step)
             else:
                 self._queue.push(step, slot)
+        if self._share_pause is not None and self._budget is not None:
+            seconds, self._share_pause = self._share_pause, None
+            await self._budget.pause(seconds)
 
     def _note(self, slot: Slot, outcome: Outcome, now: float) -> None:
         """Learn what one outcome says about the run: throttling, retries, odd statuses."""
@@ -338,7 +381,7 @@ class Engine:
             case Throttled(retry_after=None):
                 self.stats.throttled += 1
                 if self._aimd.throttled(now):
-                    self._limiter.set_rate(self._aimd.rate)
+                    self._set_rate(self._aimd.rate)
                     self.stats.lowest_rate = self._aimd.lowest
                     self._log.info("rate_lowered", rate=round(self._aimd.rate, 3))
                 return
@@ -359,7 +402,12 @@ class Engine:
                 self._unknown_statuses.add(status)
                 self._log.warning("unknown_status", status=status, progress_id=slot.pid)
         if self._aimd.clean(now):
-            self._limiter.set_rate(self._aimd.rate)
+            self._set_rate(self._aimd.rate)
+
+    def _set_rate(self, rate: float) -> None:
+        self._limiter.set_rate(rate)
+        if self._budget is not None:
+            self._budget.set_rate(rate)
 
     def _pause(self, now: float, until: float, reason: str) -> None:
         """Hold every request until *until* (monotonic s), as a Retry-After asked."""
@@ -373,6 +421,7 @@ class Engine:
             return
         self.stats.paused_s += until - max(now, self._paused_until)
         self._paused_until = until
+        self._share_pause = until - now  # told to the other processes by _take_results
         self._log.info("run_paused", seconds=round(until - now, 3), reason=reason)
 
     async def _expire_all(

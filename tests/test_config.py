@@ -16,9 +16,11 @@ from batchpoll.config import (
     Settings,
     describe,
     load_settings,
+    masked_url,
 )
 from batchpoll.errors import ConfigError, UsageError
 from batchpoll.records import ALL_STATUSES
+from batchpoll.shard import Shard
 
 DEFAULT_TOML = Path(__file__).resolve().parent.parent / "configs" / "default.toml"
 KEY = "sk-live-0123456789abcdef"
@@ -741,3 +743,210 @@ def test_ci_preset_fails_on_everything_but_completed(tmp_path: Path) -> None:
     assert settings.fail_on == ALL_STATUSES - {"completed"}
     assert settings.junit is not None
     assert settings.deadline is not None
+
+
+# -- sharding and the shared rate store ---------------------------------------------------------
+
+K8S = "env JOB_COMPLETION_INDEX/BATCHPOLL_SHARDS"
+
+
+@pytest.mark.parametrize(
+    ("flags", "env", "toml", "expected", "source"),
+    [
+        ({"shard": "2/3"}, {"BATCHPOLL_SHARD": "1/3"}, "", Shard(index=2, count=3), "flag --shard"),
+        ({}, {"BATCHPOLL_SHARD": "1/3"}, 'shard = "0/3"', Shard(index=1, count=3), "env"),
+        ({}, {}, 'shard = "0/3"', Shard(index=0, count=3), "file"),
+        (
+            {},
+            {"JOB_COMPLETION_INDEX": "4", "BATCHPOLL_SHARDS": "5"},
+            "",
+            Shard(index=4, count=5),
+            K8S,
+        ),
+        (
+            {},
+            {"JOB_COMPLETION_INDEX": "4", "BATCHPOLL_SHARDS": "5"},
+            'shard = "0/2"',
+            Shard(index=0, count=2),
+            "file",
+        ),
+        (
+            {},
+            {"BATCHPOLL_SHARD": "1/2", "JOB_COMPLETION_INDEX": "4", "BATCHPOLL_SHARDS": "5"},
+            "",
+            Shard(index=1, count=2),
+            "env",
+        ),
+        (
+            {"shard": "none"},
+            {"JOB_COMPLETION_INDEX": "4", "BATCHPOLL_SHARDS": "5"},
+            "",
+            None,
+            "flag",
+        ),
+        ({}, {"JOB_COMPLETION_INDEX": "4"}, "", None, "default"),
+        ({}, {}, "", None, "default"),
+    ],
+    ids=[
+        "flag-beats-env",
+        "env-beats-file",
+        "file",
+        "kubernetes-pair",
+        "file-beats-kubernetes",
+        "batchpoll-shard-beats-kubernetes",
+        "flag-none-beats-kubernetes",
+        "index-alone-is-no-shard",
+        "default-none",
+    ],
+)
+def test_shard_precedence(
+    tmp_path: Path,
+    flags: dict[str, object],
+    env: dict[str, str],
+    toml: str,
+    expected: Shard | None,
+    source: str,
+) -> None:
+    """shard: flag > BATCHPOLL_SHARD > file > the Kubernetes index pair > none."""
+    settings = load(tmp_path, flags=flags, env=env, toml=toml)
+    assert settings.shard == expected
+    assert settings.sources["shard"].startswith(source)
+
+
+@pytest.mark.parametrize(
+    ("env", "toml", "message"),
+    [
+        ({"BATCHPOLL_SHARD": "3/3"}, "", r"^shard='3/3' \(from env BATCHPOLL_SHARD\): .*0 to 2"),
+        ({"BATCHPOLL_SHARD": "1-3"}, "", r"^shard='1-3' \(from env BATCHPOLL_SHARD\): must be K/N"),
+        ({"BATCHPOLL_SHARD": "0/0"}, "", r"N=0 leaves no shard"),
+        ({}, "shard = 3", r"^shard=3 \(from file .*\): must be a string"),
+        (
+            {"JOB_COMPLETION_INDEX": "3", "BATCHPOLL_SHARDS": "3"},
+            "",
+            rf"^shard=.3/3. \(from {K8S}\): JOB_COMPLETION_INDEX=3 must be below BATCHPOLL_SHARDS",
+        ),
+        (
+            {"BATCHPOLL_SHARDS": "3"},
+            "",
+            r"BATCHPOLL_SHARDS='3' is set but JOB_COMPLETION_INDEX is not",
+        ),
+        (
+            {"JOB_COMPLETION_INDEX": "1", "BATCHPOLL_SHARDS": "zero"},
+            "",
+            r"BATCHPOLL_SHARDS='zero' must be a whole number >= 1",
+        ),
+    ],
+    ids=[
+        "k-too-big",
+        "no-slash",
+        "n-zero",
+        "toml-int",
+        "index-too-big",
+        "count-alone",
+        "bad-count",
+    ],
+)
+def test_bad_shards_name_value_and_source(
+    tmp_path: Path, env: dict[str, str], toml: str, message: str
+) -> None:
+    """A bad shard, from any source, is a ConfigError saying what K/N must be."""
+    with pytest.raises(ConfigError, match=message) as caught:
+        load(tmp_path, env=env, toml=toml)
+    assert caught.value.key == "shard"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://127.0.0.1:6379/0",
+        "redis://redis",
+        "rediss://user:pw@cache.example.test:6380/2",
+        "unix:///run/redis/redis.sock?db=1",
+    ],
+)
+def test_rate_store_takes_redis_urls(tmp_path: Path, url: str) -> None:
+    """rate_store takes redis://, rediss:// and unix:// URLs, with rate_key defaulting."""
+    settings = load(tmp_path, env={"BATCHPOLL_RATE_STORE": url})
+    assert settings.rate_store == url
+    assert settings.rate_key == "batchpoll"
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("http://127.0.0.1:6379", "must be a redis://, rediss:// or unix:// URL"),
+        ("redis://:6379/0", "must name a host"),
+        ("redis://h:99999/0", "is not a valid URL"),
+        ("redis://h:6379/zero", "must end in /DB"),
+        ("unix://", "must name a socket path"),
+        ("redis://h/0#x", "must not have a fragment"),
+        ("", "must not be empty"),
+    ],
+    ids=["http", "no-host", "bad-port", "bad-db", "unix-no-path", "fragment", "empty"],
+)
+def test_bad_rate_store_is_refused(tmp_path: Path, url: str, problem: str) -> None:
+    """A rate_store that is not a usable Redis URL is a ConfigError saying why."""
+    with pytest.raises(ConfigError, match=re.escape(problem)) as caught:
+        load(tmp_path, flags={"rate_store": url})
+    assert caught.value.key == "rate_store"
+
+
+def test_rate_store_password_never_shows(tmp_path: Path) -> None:
+    """A password in rate_store is masked in errors, describe() and repr(settings)."""
+    with pytest.raises(ConfigError) as caught:
+        load(tmp_path, flags={"rate_store": "http://:hunter2@h/0"})
+    assert "hunter2" not in str(caught.value)
+    assert "http://:***@h/0" in str(caught.value)
+    settings = load(tmp_path, env={"BATCHPOLL_RATE_STORE": "redis://u:hunter2@h:1/0"})
+    assert describe(settings)["rate_store"] == "redis://u:***@h:1/0"
+    assert "hunter2" not in repr(settings)
+
+
+@pytest.mark.parametrize(
+    ("url", "masked"),
+    [
+        ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
+        ("redis://:pw@h:1/0", "redis://:***@h:1/0"),
+        ("redis://user:pw@h/0", "redis://user:***@h/0"),
+        ("redis://pw@h", "redis://***@h"),
+        ("redis://:p/w@h/0", "redis://:***@h/0"),
+        ("unix:///r.sock?db=0&password=pw", "unix:///r.sock?db=0&password=***"),
+    ],
+    ids=["none", "password", "user-and-password", "user-part-only", "unescaped-slash", "query"],
+)
+def test_masked_url_hides_passwords(url: str, masked: str) -> None:
+    """masked_url replaces a password (or a user part without one) by ***, nothing else."""
+    assert masked_url(url) == masked
+
+
+def test_password_on_the_command_line_is_warned_about(tmp_path: Path) -> None:
+    """A password in --rate-store gets a warning (argv is public); from env it does not."""
+    url = "redis://:pw@h:1/0"
+    (warning,) = load(tmp_path, flags={"rate_store": url}).warnings
+    assert "BATCHPOLL_RATE_STORE" in warning
+    assert "pw@" not in warning
+    assert load(tmp_path, env={"BATCHPOLL_RATE_STORE": url}).warnings == ()
+    assert load(tmp_path, flags={"rate_store": "redis://h:1/0"}).warnings == ()
+
+
+def test_shards_without_a_store_are_warned_about(tmp_path: Path) -> None:
+    """Shards without a rate_store are told that each process keeps its own budget."""
+    (warning,) = load(tmp_path, env={"BATCHPOLL_SHARD": "0/3"}).warnings
+    assert "3 x rate" in warning
+    shared = {"BATCHPOLL_SHARD": "0/3", "BATCHPOLL_RATE_STORE": "redis://h/0"}
+    assert load(tmp_path, env=shared).warnings == ()
+    assert load(tmp_path, env={"BATCHPOLL_SHARD": "0/1"}).warnings == ()
+
+
+def test_describe_shows_the_shard_as_text(tmp_path: Path) -> None:
+    """describe() gives the shard as K/N, and rate_key as it is."""
+    settings = load(tmp_path, env={"BATCHPOLL_SHARD": "1/4", "BATCHPOLL_RATE_KEY": "nightly"})
+    described = describe(settings)
+    assert (described["shard"], described["rate_key"]) == ("1/4", "nightly")
+    assert describe(Settings())["shard"] is None
+
+
+def test_empty_rate_key_is_refused(tmp_path: Path) -> None:
+    """rate_key must name a key."""
+    with pytest.raises(ConfigError, match="must not be empty"):
+        load(tmp_path, toml='rate_key = " "')
