@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
-import anyio
-from anyio.streams.memory import MemoryObjectSendStream
+if TYPE_CHECKING:
+    from anyio.streams.memory import MemoryObjectSendStream
 
 from .config import Settings
 from .records import Record
@@ -23,6 +24,8 @@ class _StreamSink:
         self._tx = tx
 
     async def write(self, records: Sequence[Record]) -> None:
+        import anyio
+
         try:
             for record in records:
                 await self._tx.send(record)
@@ -49,6 +52,8 @@ async def poll_all(
     ``Settings(api_key=Secret(...))``.
     """
     # Imported here so that importing batchpoll stays cheap (no aiohttp until it is used).
+    import anyio
+
     from .client import ApiClient
     from .engine import Engine
     from .logs import library_logger

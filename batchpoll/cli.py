@@ -3,43 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
-import importlib.util
-import math
 import os
-import shutil
-import signal
 import sys
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
+from typing import Any, TypeVar
 
-import anyio
-import anyio.abc
 import orjson
-from structlog.typing import FilteringBoundLogger
 
 from . import __version__
 from .config import Settings, describe, load_settings
-from .errors import BatchpollError, InputFileError, UsageError
-from .shard import owned
-from .sink import (
-    STDOUT,
-    LineSink,
-    RecordSink,
-    SplitSink,
-    TeeSink,
-    prepare_output,
-    read_lines,
-)
-from .source import Item, aiter_items
-from .stats import RunStats, exit_code
+from .errors import BatchpollError, UsageError
 
-if TYPE_CHECKING:
-    from .engine import Engine
-    from .progress import ProgressView
-
-_CHUNK = 64 * 1024
 SIGPIPE_EXIT = 141
 _E = TypeVar("_E", bound=BaseException)
 
@@ -103,7 +78,7 @@ def _settings_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="batchpoll",
         description="Poll many Cekura progress ids at once, within the API's limits.",
@@ -114,9 +89,12 @@ def _parser() -> argparse.ArgumentParser:
     sim = sub.add_parser("simulate", help="serve a fake Cekura API on loopback")
     sim.add_argument("--host", default="127.0.0.1")
     sim.add_argument("--port", type=int, default=8080)
-    from .simulator import add_knobs  # the simulator owns the list of its knobs
+    if "simulate" in (argv if argv is not None else sys.argv[1:]):
+        # The simulator owns the list of its knobs; importing it (and aiohttp's server) only
+        # for `simulate` keeps every other command starting fast.
+        from .simulator import add_knobs
 
-    add_knobs(sim)
+        add_knobs(sim)
     demo = sub.add_parser("demo", help="simulator + run in one process; prints a summary")
     demo.add_argument("--ids", type=int, default=2000, metavar="N", help="how many ids (2000)")
     demo.add_argument("--seed", type=int, default=7)
@@ -126,7 +104,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the process exit code."""
-    args = _parser().parse_args(argv)
+    args = _parser(argv).parse_args(argv)
     command: Callable[[argparse.Namespace], int] = _COMMANDS[args.command]
     try:
         return command(args)
@@ -180,6 +158,8 @@ def _settings(args: argparse.Namespace, *, require_key: bool = True) -> Settings
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from .runner import run_settings
+
     settings = _settings(args)
     return run_settings(settings, args.input, overwrite=getattr(args, "overwrite", False))
 
@@ -210,214 +190,6 @@ def _cmd_report(args: argparse.Namespace) -> int:
     if args.fail_on is not None:
         fail_on = parse_statuses(args.fail_on, "flag --fail-on")
     return report_main(args.output, as_json=args.json, fail_on=fail_on, out=sys.stdout)
-
-
-def run_settings(settings: Settings, input_path: str, *, overwrite: bool = False) -> int:
-    """Run one poll job as the CLI does; return its exit code."""
-    from . import logs
-
-    if settings.junit and settings.output == STDOUT:
-        raise UsageError("--junit needs -o OUTPUT: the report is built from the records written")
-    logs.configure(
-        settings.log_format,
-        settings.log_level,
-        secret=settings.api_key.reveal() if settings.api_key else None,
-    )
-    log = logs.get_logger()
-    for warning in settings.warnings:
-        log.warning("config_warning", message=warning)
-    prior = prepare_output(
-        settings.output,
-        resume=settings.resume,
-        overwrite=overwrite,
-        retry_statuses=settings.retry_statuses,
-    )
-    stats = RunStats(fail_on=settings.fail_on)
-    stats.add_prior(prior.statuses)
-    if prior.done or prior.torn_bytes:
-        log.info(
-            "resumed",
-            kept=len(prior.done),
-            replaced=prior.replaced,
-            torn_bytes_cut=prior.torn_bytes,
-        )
-    log.info("run_started", **describe(settings))
-    source = _open_input(input_path)
-    sink = LineSink(settings.output, fsync=settings.fsync)
-    split = _split_sink(settings)
-    from . import progress
-
-    live = progress.wanted(settings.progress, sys.stderr)
-    view = progress.ProgressView(stats) if live else None
-    try:
-        with view or contextlib.nullcontext():
-            anyio.run(
-                _run_engine,
-                settings,
-                source,
-                prior.done,
-                TeeSink(sink, *split),
-                stats,
-                log,
-                view,
-                backend_options=loop_options(),
-            )
-    finally:
-        sink.close()
-        source.close()
-        for extra in split:
-            extra.close()
-    summary = stats.summary()
-    summary["resumed"] = stats.resumed
-    code = exit_code(stats.by_status, settings.fail_on)
-    if stats.signal is not None:
-        code = 128 + stats.signal
-    summary["exit_code"] = code
-    log.info("run_finished", **summary)
-    if settings.summary:
-        _write_summary(settings.summary, summary)
-    if settings.junit:
-        _write_junit(settings)
-    if sys.stderr.isatty():
-        from .report import render
-
-        print(render(summary, width=shutil.get_terminal_size().columns), file=sys.stderr)
-    return code
-
-
-def loop_options() -> dict[str, bool]:
-    """uvloop when it is installed (the ``fast`` extra), else the plain asyncio loop.
-
-    ``BATCHPOLL_LOOP=asyncio`` forces the plain loop, so both stay tested.
-    """
-    if os.environ.get("BATCHPOLL_LOOP") == "asyncio" or importlib.util.find_spec("uvloop") is None:
-        return {}
-    return {"use_uvloop": True}
-
-
-def _split_sink(settings: Settings) -> list[SplitSink]:
-    if settings.split_by_status is None:
-        return []
-    split = SplitSink(settings.split_by_status)
-    if settings.resume and settings.output != STDOUT:
-        split.reset(read_lines(settings.output))  # OUTPUT is already repaired: one per id
-    elif not settings.resume:
-        split.reset()
-    return [split]
-
-
-def _write_junit(settings: Settings) -> None:
-    from .junit import write_junit
-    from .report import read_records
-
-    write_junit(settings.junit or "", read_records(settings.output), settings.fail_on)
-
-
-async def _run_engine(
-    settings: Settings,
-    source: BinaryIO,
-    done: set[str],
-    sink: RecordSink,
-    stats: RunStats,
-    log: FilteringBoundLogger,
-    view: ProgressView | None,
-) -> None:
-    # Imported here so `batchpoll --help` does not pay for aiohttp.
-    from .client import ApiClient
-    from .engine import HEARTBEAT_S, Engine
-
-    # With the live view up, the heartbeat would only repeat what the bar shows.
-    heartbeat_s = math.inf if view is not None else HEARTBEAT_S
-    budget = None
-    if settings.rate_store is not None:
-        # First, so an unreachable store ends the run (exit 2) before any request.
-        from .ratestore import SharedBudget
-
-        budget = await SharedBudget.connect(
-            settings.rate_store,
-            key=settings.rate_key,
-            rate=settings.rate,
-            burst=settings.burst,
-            log=log,
-        )
-    async with (
-        budget or contextlib.nullcontext(),
-        ApiClient(settings) as client,
-        anyio.create_task_group() as tg,
-    ):
-        engine = Engine(
-            settings,
-            client.poll,
-            sink,
-            log=log,
-            stats=stats,
-            heartbeat_s=heartbeat_s,
-            budget=budget,
-        )
-        await tg.start(_stop_on_signal, engine, stats, log, view)
-        items = owned(aiter_items(_read_chunks(source)), settings.shard)
-        await engine.run(_skip_done(items, done))
-        tg.cancel_scope.cancel()
-
-
-async def _stop_on_signal(
-    engine: Engine,
-    stats: RunStats,
-    log: FilteringBoundLogger,
-    view: ProgressView | None,
-    *,
-    task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
-) -> None:
-    """SIGINT/SIGTERM stop the engine gracefully; a second one exits at once."""
-    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        task_status.started()
-        async for signum in signals:
-            if stats.signal is not None:
-                # Every write is a whole batch of lines, done before this handler runs, so
-                # leaving without cleanup still leaves only whole lines behind; only the
-                # terminal needs its cursor back.
-                if view is not None:
-                    view.close()
-                os._exit(128 + signum)
-            stats.signal = signum
-            log.warning("stopping", signal=signal.Signals(signum).name)
-            engine.stop()
-
-
-def _open_input(path: str) -> BinaryIO:
-    if path == STDOUT:
-        return sys.stdin.buffer
-    try:
-        return open(path, "rb")
-    except OSError as exc:
-        raise InputFileError(f"cannot read input {path}: {exc.strerror}") from None
-
-
-async def _read_chunks(source: BinaryIO) -> AsyncIterator[bytes]:
-    name = getattr(source, "name", "input")
-    afile = anyio.wrap_file(source)
-    try:
-        while chunk := await afile.read(_CHUNK):
-            yield chunk
-    except OSError as exc:
-        raise InputFileError(f"cannot read input {name}: {exc.strerror}") from None
-
-
-async def _skip_done(items: AsyncIterator[Item], done: set[str]) -> AsyncIterator[Item]:
-    async for item in items:
-        key = item if isinstance(item, str) else item.text
-        if key not in done:
-            yield item
-
-
-def _write_summary(path: str, summary: dict[str, Any]) -> None:
-    try:
-        Path(path).write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2) + b"\n")
-    except OSError as exc:
-        raise InputFileError(f"cannot write summary {path}: {exc.strerror}") from None
-
-
-# -- simulate and demo -------------------------------------------------------------------------
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:

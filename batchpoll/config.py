@@ -8,7 +8,6 @@ Pure: reads local files, never the network.
 from __future__ import annotations
 
 import difflib
-import hmac
 import ipaddress
 import math
 import re
@@ -48,6 +47,8 @@ class Secret:
         if not isinstance(other, Secret):
             return NotImplemented
         # Constant-time, so comparing keys leaks nothing through timing.
+        import hmac  # here: a start-up cost no other command should pay
+
         return hmac.compare_digest(self._value.encode(), other._value.encode())
 
     def __hash__(self) -> int:

@@ -17,12 +17,12 @@ import anyio
 import orjson
 
 from . import progress
-from .cli import loop_options
 from .client import ApiClient
 from .config import Secret, Settings
 from .engine import Engine
 from .logs import configure, get_logger
 from .report import render
+from .runner import loop_options
 from .simulator import SimSettings, running_simulator
 from .sink import LineSink, prepare_output
 from .source import Item, iter_items

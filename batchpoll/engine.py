@@ -137,10 +137,10 @@ class Engine:
         self._in_flight: set[Slot] = set()
         # A picked slot waiting for the limiter or a pause, and when it will be sendable.
         self._held: tuple[Slot, float] | None = None
-        # How late a wake-up may be booked as on time: a quarter of an emission interval, which
-        # covers epoll's millisecond rounding at 200/s and leaves the rest of the interval for
-        # jitter between booking and the wire (see _dispatch).
-        self._slack = 0.25 / settings.rate
+        # How late a wake-up may be booked as on time (see _dispatch): timers fire up to a
+        # millisecond late (epoll and uvloop count whole milliseconds), so forgive that much,
+        # but never more than one emission interval, so at most one extra request per window.
+        self._slack = min(0.001, 1.0 / settings.rate)
         self._next_new: tuple[float, str] | None = None
         self._reader_done = False
         self._paused_until = -math.inf
@@ -301,11 +301,10 @@ class Engine:
                     self._held = (slot, ready_at)
                     await self._mailbox.wait(ready_at - now)
                     continue
-                # Timers fire a little late (epoll counts whole milliseconds). Booking the
-                # request when it became sendable, forgiving at most a quarter interval, keeps
-                # that lateness from piling up into a lower rate (ATM's GCRA calls this
-                # delay-variation tolerance); any window then holds at most
-                # rate*t + burst + 1/4 requests.
+                # Timers fire a little late. Booking the request when it became sendable,
+                # forgiving at most self._slack, keeps that lateness from piling up into a lower
+                # rate (ATM's GCRA calls this delay-variation tolerance); any window of t s then
+                # holds at most rate*(t + slack) + burst requests: one more at the very most.
                 booked = now if sendable_at is None else max(sendable_at, now - self._slack)
                 self._limiter.reserve(booked)
             note_sent(slot, now)
