@@ -199,6 +199,7 @@ class Engine:
         new_tx: MemoryObjectSendStream[tuple[float, str]],
         rec_tx: _Records,
     ) -> None:
+        started = self._clock()
         async with new_tx, rec_tx:
             async for item in items:
                 self.stats.ids += 1
@@ -207,9 +208,11 @@ class Engine:
                         Record(progress_id=item.text, status="invalid_input", error=item.reason)
                     )
                     continue
-                # The read time is the id's due time: earliest-due-first then interleaves
-                # new ids with re-polls instead of starving either.
-                await new_tx.send((self._clock(), item))
+                # A new id has been due since the run started, so earliest-due-first polls
+                # every id once before any re-poll that fell due later. Its read time would
+                # not do: the reader reads only a little ahead, so once the run is saturated
+                # every overdue re-poll would beat every unread id, for ever.
+                await new_tx.send((started, item))
                 self._mailbox.wake()
         self.stats.input_done = True
         shards = self.settings.shard.count if self.settings.shard and self._budget else 1
