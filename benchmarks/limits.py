@@ -98,9 +98,21 @@ def check_concurrency(n: int) -> None:
 def check_memory(n: int) -> None:
     with simulator("--pending") as url:
         code, wall, rss = run(
-            url, n, "--rate", "5000", "--burst", "50", "--concurrency", "64",
-            "--interval", "120", "--max-interval", "120", "--deadline", "60",
-        )  # fmt: skip
+            url,
+            n,
+            "--rate",
+            "5000",
+            "--burst",
+            "50",
+            "--concurrency",
+            "64",
+            "--interval",
+            "120",
+            "--max-interval",
+            "120",
+            "--deadline",
+            "60",
+        )
         st = server_stats(url)
     print(
         f"memory: {n} ids pending at once ({st['ids_polled']} polled, all waiting): exit {code}, "
