@@ -1,11 +1,11 @@
-"""DueQueue: earliest due first, FIFO among equal due times, nothing before it is due."""
+"""TimingWheel: never early, at most one bucket late, FIFO within a bucket."""
 
 from __future__ import annotations
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from batchpoll.schedule import DueQueue, TimingWheel
+from batchpoll.schedule import TimingWheel
 
 FAST = settings(max_examples=200, deadline=None)
 
@@ -17,78 +17,15 @@ class Unorderable:
         raise AssertionError("items must never be compared")
 
 
-def test_empty_queue() -> None:
-    """An empty queue has no next due time and nothing to pop."""
-    queue: DueQueue[str] = DueQueue()
-    assert (len(queue), queue.next_due(), queue.pop_due(1e9), queue.pop_all()) == (
+def test_empty_wheel() -> None:
+    """An empty wheel has no next due time and nothing to pop."""
+    wheel: TimingWheel[str] = TimingWheel()
+    assert (len(wheel), wheel.next_due(), wheel.pop_due(1e9), wheel.pop_all()) == (
         0,
         None,
         None,
         [],
     )
-
-
-def test_earliest_comes_first() -> None:
-    """Items come out in due order, whatever order they went in."""
-    queue: DueQueue[str] = DueQueue()
-    for due, item in [(3.0, "c"), (1.0, "a"), (2.0, "b")]:
-        queue.push(due, item)
-    assert queue.next_due() == 1.0
-    assert [queue.pop_due(10.0) for _ in range(3)] == ["a", "b", "c"]
-
-
-def test_equal_due_times_are_fifo_and_items_never_compared() -> None:
-    """Items due at the same time come out in push order without being compared."""
-    queue: DueQueue[Unorderable] = DueQueue()
-    items = [Unorderable() for _ in range(5)]
-    for item in items:
-        queue.push(5.0, item)
-    assert [queue.pop_due(5.0) for _ in range(5)] == items
-
-
-def test_pop_due_respects_now() -> None:
-    """pop_due returns nothing before the earliest due time, and the item from then on."""
-    queue: DueQueue[str] = DueQueue()
-    queue.push(10.0, "later")
-    assert queue.pop_due(9.999) is None
-    assert len(queue) == 1
-    assert queue.pop_due(10.0) == "later"
-    assert len(queue) == 0
-
-
-def test_pop_all_empties_in_due_order() -> None:
-    """pop_all returns every item earliest first, FIFO on ties, and leaves the queue empty."""
-    queue: DueQueue[str] = DueQueue()
-    for due, item in [(2.0, "c"), (1.0, "a"), (2.0, "d"), (1.0, "b")]:
-        queue.push(due, item)
-    assert queue.pop_all() == ["a", "b", "c", "d"]
-    assert (len(queue), queue.next_due()) == (0, None)
-
-
-def test_repr_shows_size_and_next_due() -> None:
-    """The repr shows how many items wait and when the next is due."""
-    queue: DueQueue[int] = DueQueue()
-    queue.push(4.5, 1)
-    queue.push(7.0, 2)
-    assert repr(queue) == "DueQueue(size=2, next_due=4.5)"
-
-
-@FAST
-@given(
-    dues=st.lists(st.integers(min_value=0, max_value=20), max_size=60),
-    now=st.integers(min_value=-1, max_value=21),
-)
-def test_pop_due_drains_exactly_the_due_items_in_order(dues: list[int], now: int) -> None:
-    """Popping until None yields the items due by `now`, sorted by (due, push order)."""
-    queue: DueQueue[int] = DueQueue()
-    for index, due in enumerate(dues):
-        queue.push(float(due), index)
-    popped = []
-    while (item := queue.pop_due(float(now))) is not None:
-        popped.append(item)
-    in_order = sorted(range(len(dues)), key=lambda i: (dues[i], i))
-    assert popped == [i for i in in_order if dues[i] <= now]
-    assert queue.pop_all() == [i for i in in_order if dues[i] > now]
 
 
 @given(st.lists(st.floats(0, 100, allow_nan=False), max_size=300), st.floats(0, 110))
