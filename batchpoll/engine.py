@@ -212,7 +212,12 @@ class Engine:
                 # every id once before any re-poll that fell due later. Its read time would
                 # not do: the reader reads only a little ahead, so once the run is saturated
                 # every overdue re-poll would beat every unread id, for ever.
-                await new_tx.send((started, item))
+                # send() yields to the loop on every item even with room in the buffer; at one
+                # id per loop turn, new ids would trickle in behind a busy run's re-polls.
+                try:
+                    new_tx.send_nowait((started, item))
+                except anyio.WouldBlock:
+                    await new_tx.send((started, item))
                 self._mailbox.wake()
         self.stats.input_done = True
         shards = self.settings.shard.count if self.settings.shard and self._budget else 1
