@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import replace
 from typing import Any
@@ -29,6 +30,22 @@ FAST = Settings(
     max_interval=0.05,
     request_timeout=5.0,
 )
+
+
+class FakeStream(io.StringIO):
+    """A text stream that says whether it is a terminal, with a bytes buffer for JSON logs."""
+
+    def __init__(self, tty: bool) -> None:
+        super().__init__()
+        self._tty = tty
+        self.raw = io.BytesIO()
+
+    def isatty(self) -> bool:
+        return self._tty
+
+    @property
+    def buffer(self) -> io.BytesIO:  # type: ignore[override]
+        return self.raw
 
 
 class ListSink:

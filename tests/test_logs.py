@@ -2,36 +2,21 @@
 
 from __future__ import annotations
 
-import io
-
 import orjson
 import structlog
+from helpers import FakeStream
 
 from batchpoll.logs import Redactor, configure, get_logger, use_console
 
 SECRET = "sk-live-0123456789"
 
 
-class _Stream(io.StringIO):
-    def __init__(self, tty: bool) -> None:
-        super().__init__()
-        self._tty = tty
-        self.raw = io.BytesIO()
-
-    def isatty(self) -> bool:
-        return self._tty
-
-    @property
-    def buffer(self) -> io.BytesIO:  # type: ignore[override]
-        return self.raw
-
-
 def test_auto_is_console_on_a_terminal_and_json_elsewhere() -> None:
     """auto picks the console renderer only when the stream is a terminal."""
-    assert use_console("auto", _Stream(tty=True))
-    assert not use_console("auto", _Stream(tty=False))
-    assert use_console("console", _Stream(tty=False))
-    assert not use_console("json", _Stream(tty=True))
+    assert use_console("auto", FakeStream(tty=True))
+    assert not use_console("auto", FakeStream(tty=False))
+    assert use_console("console", FakeStream(tty=False))
+    assert not use_console("json", FakeStream(tty=True))
 
 
 def test_redactor_masks_the_key_in_nested_values() -> None:
@@ -51,7 +36,7 @@ def test_redactor_masks_the_key_in_nested_values() -> None:
 
 def test_json_lines_at_the_chosen_level_with_the_key_masked() -> None:
     """JSON logs are one object per line, filtered by level, with the key masked."""
-    stream = _Stream(tty=False)
+    stream = FakeStream(tty=False)
     try:
         configure("json", "warning", secret=SECRET, stream=stream)
         log = get_logger()

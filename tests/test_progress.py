@@ -14,6 +14,7 @@ import orjson
 import pexpect
 import pytest
 import structlog
+from helpers import FakeStream
 from rich.console import Console
 
 from batchpoll import logs
@@ -26,22 +27,6 @@ SECRET = "sk-live-0123456789"
 # CSI sequences (colour, cursor moves, erases, cursor show/hide) and the SGR (colour) subset.
 _CSI = re.compile(rb"\x1b\[[0-9;?]*[A-Za-z]")
 _SGR = re.compile(rb"\x1b\[([0-9;]*)m")
-
-
-class _Tty(io.StringIO):
-    """A text stream that says whether it is a terminal, with a bytes buffer for JSON logs."""
-
-    def __init__(self, tty: bool) -> None:
-        super().__init__()
-        self._tty = tty
-        self.raw = io.BytesIO()
-
-    def isatty(self) -> bool:
-        return self._tty
-
-    @property
-    def buffer(self) -> io.BytesIO:  # type: ignore[override]
-        return self.raw
 
 
 class _FakeClock:
@@ -103,7 +88,7 @@ def test_wanted_only_on_a_capable_terminal_when_enabled(
         monkeypatch.delenv("TERM", raising=False)
     else:
         monkeypatch.setenv("TERM", term)
-    assert wanted(enabled, _Tty(tty)) is expected
+    assert wanted(enabled, FakeStream(tty)) is expected
 
 
 def test_rate_is_rolling_so_a_pause_shows() -> None:
@@ -128,7 +113,7 @@ def test_view_shows_every_fact(plain_env: None) -> None:
     finish(stats, 40, "completed")
     finish(stats, 10, "failed")
     stats.in_flight, stats.throttled, stats.paused_s = 7, 3, 4.5
-    view = ProgressView(stats, stream=_Tty(False), clock=clock)
+    view = ProgressView(stats, stream=FakeStream(False), clock=clock)
     stats.requests += 500
     clock.now += 5.0
     text = rendered(view)
@@ -148,7 +133,7 @@ def test_view_shows_unknowns_as_question_marks(plain_env: None) -> None:
     stats = RunStats()
     stats.ids = 10
     finish(stats, 4, "completed")
-    text = rendered(ProgressView(stats, stream=_Tty(False), clock=_FakeClock()))
+    text = rendered(ProgressView(stats, stream=FakeStream(False), clock=_FakeClock()))
     assert "4/?" in text
     assert "ETA ?" in text
     assert "? req/s" in text
@@ -174,7 +159,7 @@ def test_heartbeat_fields_are_the_views_facts() -> None:
 
 def test_logs_print_through_the_view_and_come_back_after(plain_env: None) -> None:
     """While the view is up a log line goes through its console, key masked; after, to stderr."""
-    configured, screen = _Tty(True), _Tty(True)
+    configured, screen = FakeStream(True), FakeStream(True)
     logs.configure("console", "info", secret=SECRET, stream=configured)
     log = logs.get_logger()
     with ProgressView(RunStats(), stream=screen):
@@ -191,8 +176,8 @@ def test_logs_print_through_the_view_and_come_back_after(plain_env: None) -> Non
 
 def test_json_logs_stay_one_intact_line_through_the_view(plain_env: None) -> None:
     """A JSON log line routed above the bar keeps its brackets and is never wrapped."""
-    screen = _Tty(True)
-    logs.configure("json", "info", secret=SECRET, stream=_Tty(False))
+    screen = FakeStream(True)
+    logs.configure("json", "info", secret=SECRET, stream=FakeStream(False))
     with ProgressView(RunStats(), stream=screen):
         logs.get_logger().warning("wide", items=[1, 2], text="x" * 300, key=SECRET)
     raw = _CSI.sub(b"", screen.getvalue().encode()).replace(b"\r", b"\n")
@@ -205,7 +190,7 @@ def test_json_logs_stay_one_intact_line_through_the_view(plain_env: None) -> Non
 
 def test_close_twice_is_safe_and_shows_the_cursor(plain_env: None) -> None:
     """close() before __exit__ (the os._exit path) stops the bar once and shows the cursor."""
-    screen = _Tty(True)
+    screen = FakeStream(True)
     with ProgressView(RunStats(), stream=screen) as view:
         view.close()
         after_close = screen.getvalue()
@@ -217,9 +202,9 @@ def test_stats_updates_and_log_lines_do_not_redraw(plain_env: None) -> None:
     """100,000 stats updates and 1,000 log lines cause a handful of renders, not one each."""
     stats = RunStats()
     stats.ids, stats.input_done = 10_000, True
-    logs.configure("console", "info", secret=None, stream=_Tty(True))
+    logs.configure("console", "info", secret=None, stream=FakeStream(True))
     log = logs.get_logger()
-    screen = _Tty(True)
+    screen = FakeStream(True)
     with ProgressView(stats, stream=screen) as view:
         for i in range(100_000):
             stats.requests += 1
