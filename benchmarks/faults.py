@@ -12,7 +12,6 @@ Loopback only; every run is bounded by a --deadline.
 
 from __future__ import annotations
 
-import argparse
 import os
 import random
 import signal
@@ -24,7 +23,7 @@ from collections import Counter
 from pathlib import Path
 
 import orjson
-from limits import KEY, server_stats, simulator
+from limits import KEY, run_checks, server_stats, simulator
 
 from batchpoll.simulator import SimSettings, truth
 
@@ -114,14 +113,14 @@ def check_secrets(n: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("checks", nargs="*", default=["storm", "kill", "secrets"])
-    parser.add_argument("--ids", type=int, default=None, help="override the id count")
-    args = parser.parse_args()
-    defaults = {"storm": 5_000, "kill": 3_000, "secrets": 500}
-    funcs = {"storm": check_storm, "kill": check_kill, "secrets": check_secrets}
-    for name in args.checks:
-        funcs[name](args.ids or defaults[name])
+    run_checks(
+        __doc__ or "",
+        {
+            "storm": (check_storm, 5_000),
+            "kill": (check_kill, 3_000),
+            "secrets": (check_secrets, 500),
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -120,15 +120,26 @@ def check_memory(n: int) -> None:
     )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("checks", nargs="*", default=["rate", "concurrency", "memory"])
+def run_checks(doc: str, checks: dict[str, tuple[Callable[[int], None], int]]) -> None:
+    """The command line of an acceptance script: run the named checks, each at its id count."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("checks", nargs="*", default=list(checks))
     parser.add_argument("--ids", type=int, default=None, help="override the id count")
     args = parser.parse_args()
-    defaults = {"rate": 10_000, "concurrency": 200, "memory": 100_000}
-    funcs = {"rate": check_rate, "concurrency": check_concurrency, "memory": check_memory}
     for name in args.checks:
-        funcs[name](args.ids or defaults[name])
+        check, ids = checks[name]
+        check(args.ids or ids)
+
+
+def main() -> None:
+    run_checks(
+        __doc__ or "",
+        {
+            "rate": (check_rate, 10_000),
+            "concurrency": (check_concurrency, 200),
+            "memory": (check_memory, 100_000),
+        },
+    )
 
 
 if __name__ == "__main__":
