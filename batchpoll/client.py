@@ -25,6 +25,9 @@ from .records import Answer, Broken, NotFound, Outcome, Rejected, Throttled, Tra
 
 #: Bodies beyond this are not read further; a progress answer is a few KiB at most.
 MAX_BODY: Final = 10 * 1024 * 1024
+#: How often overdue requests are looked for, as a share of the request timeout (and at most
+#: once a second): a request is abandoned between 1 and 1 + 1/8 timeouts after it started.
+_WATCH_SHARE: Final = 8
 _MAX_REDIRECTS: Final = 3
 _KEY_HEADER: Final = "X-CEKURA-API-KEY"
 _JSON: Final = "application/json"
@@ -35,9 +38,10 @@ def classify(
 ) -> Outcome:
     """Map one HTTP answer (status, body, headers) to an outcome; 401/403 raise in the caller."""
     match status:
-        case 200 if "json" not in content_type:
+        case 200 if "json" not in content_type.lower():
             # An HTML error page from a proxy is not an answer, even if it parses.
-            return Transient(reason=f"unreadable body: content type {content_type or 'missing'}")
+            media_type = content_type.partition(";")[0].strip()
+            return Transient(reason=f"unreadable body: content type {media_type or 'missing'}")
         case 200:
             return parse_progress(body)
         case 400:
@@ -98,6 +102,42 @@ def _origin(url: URL) -> tuple[str | None, str | None, int | None]:
     return url.scheme, url.host, url.port
 
 
+class _Watchdog:
+    """Request timeouts without a timer per request.
+
+    ``asyncio.timeout`` (or aiohttp's ``total``/``sock_read``) arms and disarms an event-loop
+    timer on every request, which at thousands of polls a second is a good share of the
+    client's CPU. Instead each attempt notes when it started, and one repeating check cancels
+    the tasks whose attempt is overdue, exactly as ``asyncio.timeout`` cancels: ``Task.cancel``
+    now, ``Task.uncancel`` in ``poll`` to turn it into a timeout unless someone else also
+    cancelled the task.
+    """
+
+    __slots__ = ("_handle", "_loop", "_tick", "_timeout", "clock", "expired", "started")
+
+    def __init__(self, timeout: float) -> None:
+        self._timeout = timeout
+        self._tick = min(1.0, timeout / _WATCH_SHARE)
+        self._loop = asyncio.get_running_loop()
+        self.clock = self._loop.time
+        #: Each running attempt's task and the loop time it started.
+        self.started: dict[asyncio.Task[object], float] = {}
+        #: Tasks this watchdog cancelled and that have not yet seen it.
+        self.expired: set[asyncio.Task[object]] = set()
+        self._handle = self._loop.call_later(self._tick, self._check)
+
+    def _check(self) -> None:
+        cutoff = self.clock() - self._timeout
+        for task, started in self.started.items():
+            if started <= cutoff and task not in self.expired:
+                self.expired.add(task)
+                task.cancel()
+        self._handle = self._loop.call_later(self._tick, self._check)
+
+    def close(self) -> None:
+        self._handle.cancel()
+
+
 class ApiClient:
     """One keep-alive session for a whole run; ``poll`` is safe to call from many tasks."""
 
@@ -110,15 +150,17 @@ class ApiClient:
         self._origin = _origin(self._url)
         self._headers = {_KEY_HEADER: settings.api_key.reveal(), "Accept": "application/json"}
         self._session: aiohttp.ClientSession | None = None
+        self._watchdog: _Watchdog | None = None
 
     async def __aenter__(self) -> Self:
         s = self._settings
-        # The engine's worker pool is the only queue: with the connector's limits equal to it,
-        # a request never waits for a pooled connection, so timing an attempt is fair.
-        connector = aiohttp.TCPConnector(limit=s.concurrency, limit_per_host=s.concurrency)
-        timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=s.request_timeout, sock_read=s.request_timeout
-        )
+        # The engine's worker pool is the only queue: with the connector's limit equal to it,
+        # a request never waits for a pooled connection, so timing an attempt is fair. Every
+        # request goes to one origin, so a per-host limit would only add bookkeeping.
+        connector = aiohttp.TCPConnector(limit=s.concurrency)
+        # Only connecting has aiohttp's own timeout: the watchdog times each whole attempt.
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=s.request_timeout)
+        self._watchdog = _Watchdog(s.request_timeout)
         self._session = aiohttp.ClientSession(
             connector=connector, timeout=timeout, headers=self._headers, raise_for_status=False
         )
@@ -130,22 +172,38 @@ class ApiClient:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        if self._watchdog is not None:
+            self._watchdog.close()
         if self._session is not None:
             await self._session.close()
 
     async def poll(self, progress_id: str) -> Outcome:
         """One attempt (following same-origin redirects), timed from here, as an outcome."""
+        watchdog = self._watchdog
+        assert watchdog is not None, "use ApiClient as an async context manager"
+        task = asyncio.current_task()
+        assert task is not None
+        cancelling = task.cancelling()
+        watchdog.started[task] = watchdog.clock()
         try:
-            # asyncio's own timeout, not anyio's: aiohttp runs only on asyncio anyway, and
-            # this is the hot path (an anyio cancel scope costs several times as much).
-            async with asyncio.timeout(self._settings.request_timeout):
-                return await self._attempt(progress_id)
-        except TimeoutError:
+            return await self._attempt(progress_id)
+        except asyncio.CancelledError:
+            if task not in watchdog.expired:
+                raise
+            watchdog.expired.discard(task)
+            if task.uncancel() > cancelling:
+                raise  # cancelled from outside too: that wins, as with asyncio.timeout
             return Transient(reason=f"timeout after {self._settings.request_timeout:g}s")
         except aiohttp.ClientError as exc:
             return Transient(reason=f"{type(exc).__name__}: {exc}".rstrip(": "))
         except OSError as exc:
             return Transient(reason=f"{type(exc).__name__}: {exc.strerror or exc}")
+        finally:
+            del watchdog.started[task]
+            if watchdog.expired and task in watchdog.expired:
+                # Cancelled as it finished, and something swallowed it: undo the cancel.
+                watchdog.expired.discard(task)
+                task.uncancel()
 
     async def _attempt(self, progress_id: str) -> Outcome:
         assert self._session is not None, "use ApiClient as an async context manager"
@@ -154,16 +212,16 @@ class ApiClient:
         url = URL(self._prefix + quote(progress_id, safe=""), encoded=True)
         for _ in range(_MAX_REDIRECTS + 1):
             async with self._session.get(url, allow_redirects=False) as resp:
-                if resp.status in (401, 403):
-                    raise AuthRefused(resp.status, self._settings.api_key_source)
-                location = resp.headers.get("Location")
-                if 300 <= resp.status < 400 and location:
+                status = resp.status
+                if status in (401, 403):
+                    raise AuthRefused(status, self._settings.api_key_source)
+                if 300 <= status < 400 and (location := resp.headers.get("Location")):
                     target = url.join(URL(location))
                     if _origin(target) != self._origin:
                         # aiohttp strips only Authorization/Cookie across origins, so our
                         # custom key header would follow; never let it leave the origin.
                         return Broken(
-                            reason=f"HTTP {resp.status} redirect to another origin "
+                            reason=f"HTTP {status} redirect to another origin "
                             f"({target.origin()}) not followed: the API key stays with base_url"
                         )
                     url = target
@@ -171,12 +229,14 @@ class ApiClient:
                 body = await _read_capped(resp)
                 if body is None:
                     return Transient(reason=f"unreadable body: larger than {MAX_BODY} bytes")
+                headers = resp.headers
                 return classify(
-                    resp.status,
+                    status,
                     body,
-                    resp.headers.get("Retry-After"),
+                    headers.get("Retry-After") if status in (429, 503) else None,
                     wall=time.time(),
-                    content_type=resp.content_type,
+                    # The raw header: aiohttp's parsed content_type costs more than this check.
+                    content_type=headers.get("Content-Type", ""),
                 )
         return Broken(reason=f"more than {_MAX_REDIRECTS} redirects")
 

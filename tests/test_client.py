@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
@@ -118,5 +119,69 @@ async def test_401_raises_auth_refused_and_timeouts_are_transient() -> None:
         async with ApiClient(settings) as client:
             with pytest.raises(AuthRefused):
                 await client.poll("x")
+            started = anyio.current_time()
             slow = await client.poll("slow")
+            took = anyio.current_time() - started
     assert slow == Transient("timeout after 0.2s")
+    assert took >= 0.2  # never early; how late depends on the machine, so no upper bound
+
+
+@pytest.mark.anyio
+async def test_a_cancel_from_outside_wins_over_the_request_timeout() -> None:
+    """Cancelling a poll (a deadline, Ctrl-C) cancels it, before or after its timeout fires."""
+    import anyio
+
+    release = anyio.Event()
+    routes = web.RouteTableDef()
+
+    @routes.get("/p")
+    async def handler(request: web.Request) -> web.Response:
+        await release.wait()
+        return web.json_response({"status": "completed"})
+
+    async with server(routes) as url:
+        settings = replace(FAST, base_url=url, path="/p", request_timeout=0.1)
+        async with ApiClient(settings) as client:
+            with anyio.move_on_after(0.02) as early:  # cancelled before its timeout
+                await client.poll("a")
+            with anyio.move_on_after(5) as later:  # the timeout comes first
+                timed_out = await client.poll("b")
+            release.set()
+            after = await client.poll("c")
+            task = asyncio.current_task()
+            assert task is not None
+            left_cancelling = task.cancelling()
+    assert early.cancelled_caught
+    assert not later.cancelled_caught
+    assert timed_out == Transient("timeout after 0.1s")
+    assert after == Answer("completed", None, None, None, None)
+    assert left_cancelling == 0  # every cancel the timeout made was taken back
+
+
+@pytest.mark.anyio
+async def test_many_concurrent_timeouts_each_end_once() -> None:
+    """Every one of many stalled polls becomes one timeout, and none leaks into the next poll."""
+    import anyio
+
+    routes = web.RouteTableDef()
+
+    @routes.get("/p")
+    async def handler(request: web.Request) -> web.Response:
+        if request.query["progress_id"].startswith("slow"):
+            await anyio.sleep(5)
+        return web.json_response({"status": "completed"})
+
+    results: list[object] = []
+    async with server(routes) as url:
+        settings = replace(FAST, base_url=url, path="/p", request_timeout=0.1, concurrency=8)
+        async with ApiClient(settings) as client:
+
+            async def one(pid: str) -> None:
+                results.append(await client.poll(pid))
+                results.append(await client.poll(f"fast-{pid}"))
+
+            async with anyio.create_task_group() as tg:
+                for i in range(8):
+                    tg.start_soon(one, f"slow-{i}")
+    assert results.count(Transient("timeout after 0.1s")) == 8
+    assert results.count(Answer("completed", None, None, None, None)) == 8
