@@ -5,11 +5,12 @@
     items ──reader──▶ new ids (stream, READ_AHEAD) ──┐
                                                      ▼
                  ┌──────────── scheduler: TimingWheel of Slots, Gcra, pause ───────────┐
-                 │ due slots (stream, ≤ concurrency)          results (Mailbox)     │
+                 │ due slots (Handoff, ≤ concurrency)         results (Mailbox)     │
                  ▼                                                 ▲                ▼
            N workers ── ApiClient.poll ────────────────────────────┘     records (stream) ──▶ sink
 
-One scheduler task owns every per-id state, so none of it needs a lock. It waits on one
+Each id's state (a ``Slot``) belongs to one task at a time, the scheduler or the one worker it
+handed the slot to, so none of it needs a lock. The scheduler waits on one
 ``Mailbox`` for whatever comes first: a worker's result, a newly read id, or the next due time.
 Waiting belongs to the scheduler's heap, never to a sleeping task per id.
 """
@@ -20,7 +21,6 @@ import asyncio
 import contextlib
 import math
 import time
-from collections import deque
 from collections.abc import AsyncIterable, Awaitable, Callable, Sequence
 from dataclasses import replace
 from random import Random
@@ -31,6 +31,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from structlog.typing import FilteringBoundLogger
 
 from .adaptive import Aimd
+from .channels import Handoff, Mailbox
 from .config import Settings
 from .errors import BatchpollError
 from .lifecycle import Policy, Slot, advance, expired, finish, note_sent
@@ -52,34 +53,6 @@ Poller = Callable[[str], Awaitable[Outcome]]
 # Newly read ids with the (monotonic) time they were read, which is when they fall due.
 _NewIds = MemoryObjectReceiveStream[tuple[float, str]]
 _Records = MemoryObjectSendStream[Record]
-
-
-class Mailbox:
-    """Results from workers, plus wake-ups, for the one scheduler task.
-
-    A deque and an Event rather than a memory stream: waiting on it with a timeout must never
-    lose an item (a cancelled ``receive`` can). It holds at most one result per worker.
-    """
-
-    __slots__ = ("_event", "items")
-
-    def __init__(self) -> None:
-        self.items: deque[tuple[Slot, Outcome]] = deque()
-        self._event = anyio.Event()
-
-    def post(self, slot: Slot, outcome: Outcome) -> None:
-        self.items.append((slot, outcome))
-        self._event.set()
-
-    def wake(self) -> None:
-        self._event.set()
-
-    async def wait(self, seconds: float) -> None:
-        """Return when something was posted or woken, or after *seconds*."""
-        if not self.items:
-            with anyio.move_on_after(seconds):
-                await self._event.wait()
-        self._event = anyio.Event()
 
 
 def _collapse(group: BaseExceptionGroup[Exception]) -> BaseException:
@@ -133,7 +106,7 @@ class Engine:
         )
         self._limiter = Gcra(settings.rate, settings.burst)
         self._queue: TimingWheel[Slot] = TimingWheel()
-        self._mailbox = Mailbox()
+        self._mailbox: Mailbox[tuple[Slot, Outcome]] = Mailbox()
         self._in_flight: set[Slot] = set()
         # A picked slot waiting for the limiter or a pause, and when it will be sendable.
         self._held: tuple[Slot, float] | None = None
@@ -244,37 +217,38 @@ class Engine:
         s = self.settings
         if s.deadline is not None:
             self._deadline_at = self._clock() + s.deadline
-        due_tx, due_rx = anyio.create_memory_object_stream[Slot](s.concurrency)
+        due: Handoff[Slot] = Handoff()
         self._polling = anyio.CancelScope(deadline=self._deadline_at)
         with self._polling as scope:
-            async with anyio.create_task_group() as workers, due_tx, due_rx:
+            async with anyio.create_task_group() as workers:
                 for _ in range(s.concurrency):
-                    workers.start_soon(self._work, due_rx.clone())
-                await self._dispatch(new_rx, due_tx, rec_tx)
+                    workers.start_soon(self._work, due)
+                try:
+                    await self._dispatch(new_rx, due, rec_tx)
+                finally:
+                    due.close()
         if scope.cancelled_caught:
             await self._expire_all(new_rx, rec_tx)
 
-    async def _work(self, due_rx: MemoryObjectReceiveStream[Slot]) -> None:
-        post, poll = self._mailbox.post, self._poll
-        async with due_rx:
-            while True:
-                # receive() always yields to the loop first; when a slot is already waiting,
-                # taking it at once saves a whole loop iteration per poll.
-                try:
-                    slot = due_rx.receive_nowait()
-                except anyio.WouldBlock:
-                    try:
-                        slot = await due_rx.receive()
-                    except anyio.EndOfStream:
-                        return
-                except anyio.EndOfStream:
-                    return
-                post(slot, await poll(slot.pid))
+    async def _work(self, due: Handoff[Slot]) -> None:
+        post, poll, get, clock, stats = (
+            self._mailbox.post,
+            self._poll,
+            due.get,
+            self._clock,
+            self.stats,
+        )
+        while (slot := await get()) is not None:
+            # Noted here, not when the scheduler hands the slot over: a slot still waiting for
+            # a worker when the run is cancelled was never sent, and its record must say so.
+            note_sent(slot, clock())
+            stats.requests += 1
+            post((slot, await poll(slot.pid)))
 
     async def _dispatch(
         self,
         new_rx: _NewIds,
-        due_tx: MemoryObjectSendStream[Slot],
+        due: Handoff[Slot],
         rec_tx: _Records,
     ) -> None:
         concurrency = self.settings.concurrency
@@ -293,8 +267,8 @@ class Engine:
             if slot is None:
                 if self._reader_done and not self._in_flight and not self._queue:
                     return
-                due = self._queue.next_due()
-                await self._mailbox.wait(math.inf if due is None else due - now)
+                next_at = self._queue.next_due()
+                await self._mailbox.wait(math.inf if next_at is None else next_at - now)
                 continue
             if expired(slot, now, self._policy):
                 await self._emit(rec_tx, finish(slot, "timed_out", self._policy))
@@ -315,12 +289,10 @@ class Engine:
                 # holds at most rate*(t + slack) + burst requests: one more at the very most.
                 booked = now if sendable_at is None else max(sendable_at, now - self._slack)
                 self._limiter.reserve(booked)
-            note_sent(slot, now)
             self._in_flight.add(slot)
-            self.stats.requests += 1
             self.stats.in_flight = len(self._in_flight)
-            # Never blocks: the buffer holds `concurrency` and at most that many are in flight.
-            due_tx.send_nowait(slot)
+            # At most `concurrency` are in flight, so a worker is idle or about to be.
+            due.put(slot)
 
     async def _shared_turn(self, slot: Slot, now: float) -> bool:
         """With a shared budget: whether *slot* may go now; if not, it is held until it may.
