@@ -16,14 +16,14 @@ class Gcra:
     Idle time frees capacity back up to ``burst``, never beyond.
     """
 
-    __slots__ = ("_burst", "_interval", "_rate", "_tat")
+    __slots__ = ("_burst", "_interval", "_rate", "_tat", "_tau")
 
     def __init__(self, rate: float, burst: int = 1) -> None:
         """``rate`` in requests per second (finite, > 0); ``burst`` requests (>= 1)."""
         if burst < 1:
             raise ValueError(f"burst must be >= 1, got {burst}")
         self._burst = burst
-        self._rate = self._interval = 0.0
+        self._rate = self._interval = self._tau = 0.0
         self.set_rate(rate)
         # GCRA "virtual scheduling": tat is the theoretical arrival time of the next request,
         # i.e. when it would be due if requests went exactly one interval apart. -inf: no
@@ -49,18 +49,16 @@ class Gcra:
         if not (math.isfinite(rate) and rate > 0):
             raise ValueError(f"rate must be a finite number > 0, got {rate}")
         self._rate, self._interval = rate, 1.0 / rate
-
-    def _tolerance(self) -> float:
         # tau: how far ahead of its theoretical arrival time a request may go; (burst - 1)
         # intervals is exactly what lets `burst` requests through back to back.
-        return (self._burst - 1) * self._interval
+        self._tau = (self._burst - 1) * self._interval
 
     def wait_time(self, now: float) -> float:
         """Seconds from ``now`` until one request would conform; 0.0 if it conforms now.
 
         Books nothing.
         """
-        return max(0.0, self._tat - self._tolerance() - now)
+        return max(0.0, self._tat - self._tau - now)
 
     def reserve(self, now: float) -> float:
         """Book one request at ``now`` (seconds); return how long to wait before sending it (>= 0).
@@ -68,7 +66,7 @@ class Gcra:
         The request counts as sent at ``now + wait``; the caller does the waiting.
         """
         tat = max(self._tat, now)
-        wait = max(0.0, tat - self._tolerance() - now)
+        wait = max(0.0, tat - self._tau - now)
         self._tat = tat + self._interval
         return wait
 

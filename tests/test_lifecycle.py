@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from random import Random
 
 import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
 
-from batchpoll.lifecycle import Policy, Slot, advance, expired, finish, note_sent
+from batchpoll.lifecycle import Policy, Slot, advance, expired, finish, iso_utc, note_sent
 from batchpoll.records import Answer, Broken, NotFound, Record, Rejected, Throttled, Transient
 
 POLICY = Policy(
@@ -154,3 +157,15 @@ def test_an_id_never_polled_has_no_times() -> None:
         None,
     )
     assert not expired(Slot("a"), 1e9, POLICY)
+
+
+@given(st.floats(min_value=-2e9, max_value=4e9, allow_nan=False))
+@example(1_700_000_000.9995)  # rounds up to the next millisecond
+@example(1_700_000_000.9999996)  # rounds up into the next second
+@example(1_700_000_000.0000005)  # half a microsecond: half to even
+@example(-0.5)
+def test_iso_utc_writes_what_datetime_writes(epoch: float) -> None:
+    """The cached formatter agrees with datetime to the character, rounding included."""
+    expected = datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds")
+    assert iso_utc(epoch) == expected
+    assert iso_utc(epoch) == expected  # and again, from the cache
