@@ -17,8 +17,6 @@ Waiting belongs to the scheduler's heap, never to a sleeping task per id.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import math
 import time
 from collections.abc import AsyncIterable, Awaitable, Callable, Sequence
@@ -89,9 +87,10 @@ class Engine:
         self._poll = poll
         self._sink = sink
         self._log = log
-        # Monotonic time must be the loop's: the deadline's cancel scope runs on it. run()
-        # binds the loop's clock directly; anyio.current_time looks the backend up per call.
-        self._clock: Callable[[], float] = anyio.current_time
+        # Not the loop's clock: uvloop's counts whole milliseconds, too coarse to space
+        # requests at thousands a second. Both count CLOCK_MONOTONIC, so the deadline's cancel
+        # scope (on the loop's clock) agrees with this one to within a millisecond.
+        self._clock: Callable[[], float] = time.monotonic
         self._rng = rng or Random()
         self._heartbeat_s = heartbeat_s
         # A rate budget and pause shared with other processes (--rate-store), or None.
@@ -108,8 +107,8 @@ class Engine:
         self._queue: TimingWheel[Slot] = TimingWheel()
         self._mailbox: Mailbox[tuple[Slot, Outcome]] = Mailbox()
         self._in_flight: set[Slot] = set()
-        # A picked slot waiting for the limiter or a pause, and when it will be sendable.
-        self._held: tuple[Slot, float] | None = None
+        # A picked slot waiting for the limiter, a pause or a shared grant.
+        self._held: Slot | None = None
         # How late a wake-up may be booked as on time (see _dispatch): timers fire up to a
         # millisecond late (epoll and uvloop count whole milliseconds), so forgive that much,
         # but never more than one emission interval, so at most one extra request per window.
@@ -138,8 +137,6 @@ class Engine:
 
     async def run(self, items: AsyncIterable[Item]) -> RunStats:
         """Poll every id in *items* to exactly one record; raise only what ends the run."""
-        with contextlib.suppress(RuntimeError):  # not on asyncio: keep anyio.current_time
-            self._clock = asyncio.get_running_loop().time
         self._policy = replace(self._policy, wall_offset=time.time() - self._clock())
         new_tx, new_rx = anyio.create_memory_object_stream[tuple[float, str]](READ_AHEAD)
         rec_tx, rec_rx = anyio.create_memory_object_stream[Record](SINK_BUFFER)
@@ -259,9 +256,8 @@ class Engine:
                 await self._mailbox.wait(math.inf)
                 continue
             slot: Slot | None
-            sendable_at: float | None = None
             if self._held is not None:
-                (slot, sendable_at), self._held = self._held, None
+                slot, self._held = self._held, None
             else:
                 slot = self._pick(new_rx, now)
             if slot is None:
@@ -280,15 +276,13 @@ class Engine:
             else:
                 ready_at = max(self._paused_until, now + self._limiter.wait_time(now))
                 if ready_at > now:
-                    self._held = (slot, ready_at)
+                    self._held = slot
                     await self._mailbox.wait(ready_at - now)
                     continue
-                # Timers fire a little late. Booking the request when it became sendable,
-                # forgiving at most self._slack, keeps that lateness from piling up into a lower
-                # rate (ATM's GCRA calls this delay-variation tolerance); any window of t s then
+                # Timers fire a little late: booked when it became sendable, up to self._slack
+                # ago, that lateness does not pile up into a lower rate, and any window of t s
                 # holds at most rate*(t + slack) + burst requests: one more at the very most.
-                booked = now if sendable_at is None else max(sendable_at, now - self._slack)
-                self._limiter.reserve(booked)
+                self._limiter.book_late(now, self._slack)
             self._in_flight.add(slot)
             self.stats.in_flight = len(self._in_flight)
             # At most `concurrency` are in flight, so a worker is idle or about to be.
@@ -304,18 +298,18 @@ class Engine:
         assert self._budget is not None
         if self._paused_until > now:
             self._grant = None
-            self._held = (slot, self._paused_until)
+            self._held = slot
             await self._mailbox.wait(self._paused_until - now)
             return False
         if self._grant is None:
             # Held while Redis answers, so a deadline cancelling the wait still finds it.
-            self._held = (slot, math.inf)
+            self._held = slot
             wait = await self._budget.reserve()
             self._held = None
             now = self._clock()
             self._grant = now + wait
         if self._grant > now:
-            self._held = (slot, self._grant)
+            self._held = slot
             await self._mailbox.wait(self._grant - now)
             return False
         self._grant = None
@@ -413,7 +407,7 @@ class Engine:
         await self._take_results(rec_tx)  # answers that made it back still count
         left = [*self._in_flight, *self._queue.pop_all()]
         if self._held is not None:
-            left.append(self._held[0])
+            left.append(self._held)
         if self._next_new is not None:
             left.append(Slot(self._next_new[1]))
         self._in_flight.clear()

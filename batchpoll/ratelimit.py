@@ -70,5 +70,16 @@ class Gcra:
         self._tat = tat + self._interval
         return wait
 
+    def book_late(self, now: float, slack: float) -> None:
+        """Book a request sent at ``now`` as sent when it became sendable, up to ``slack`` ago.
+
+        The caller sends only once ``wait_time(now)`` is 0, and its timer wakes it a little
+        late. Booking each request at ``now`` would lose that lateness every time and drive the
+        achieved rate below ``rate``; booking at the time it became sendable keeps the rate
+        (ATM's GCRA calls this cell delay variation tolerance). Any window of ``t`` seconds then
+        holds at most ``rate * (t + slack) + burst`` sends.
+        """
+        self.reserve(max(now - slack, min(now, self._tat - self._tau)))
+
     def __repr__(self) -> str:
         return f"Gcra(rate={self._rate!r}, burst={self._burst!r}, tat={self._tat!r})"

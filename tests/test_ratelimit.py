@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -130,3 +131,45 @@ def test_never_more_than_rate_times_t_plus_burst(
     for i, start in enumerate(sent):
         for j in range(i, len(sent)):
             assert j - i + 1 <= rate * (sent[j] - start) + burst + 1e-6
+
+
+def _late_sender(limiter: Gcra, lateness: list[float], slack: float) -> list[float]:
+    """A sender that sleeps until each request is sendable and wakes ``lateness[i]`` late."""
+    clock, sent = FakeClock(), []
+    for late in lateness:
+        clock.advance(limiter.wait_time(clock()) + late)
+        assert limiter.wait_time(clock()) == 0
+        limiter.book_late(clock(), slack)
+        sent.append(clock())
+    return sent
+
+
+def test_lateness_within_the_slack_costs_no_rate() -> None:
+    """Woken 0.4 ms late every time with 0.5 ms of slack, 1,000 sends still take 1000/rate s."""
+    sent = _late_sender(Gcra(rate=2000, burst=1), [0.0004] * 1000, slack=0.0005)
+    assert sent[-1] - sent[0] == pytest.approx(999 / 2000, abs=0.0005)
+
+
+def test_lateness_beyond_the_slack_loses_only_the_excess() -> None:
+    """Woken 1.5 ms late with 0.5 ms of slack, each send loses the extra millisecond only."""
+    sent = _late_sender(Gcra(rate=2000, burst=1), [0.0015] * 100, slack=0.0005)
+    gaps = [b - a for a, b in itertools.pairwise(sent)]
+    assert gaps == pytest.approx([0.0005 + 0.001] * 99)
+    booked_at_now = _late_sender(Gcra(rate=2000, burst=1), [0.0015] * 100, slack=0.0)
+    assert booked_at_now[-1] - booked_at_now[0] > sent[-1] - sent[0]
+
+
+@FAST
+@given(
+    rate=st.floats(min_value=1, max_value=10_000),
+    burst=st.integers(min_value=1, max_value=20),
+    lateness=st.lists(st.floats(min_value=0, max_value=0.01), min_size=1, max_size=300),
+)
+def test_booking_late_bounds_every_window(rate: float, burst: int, lateness: list[float]) -> None:
+    """Any window of t s holds at most rate * (t + slack) + burst sends, however late they woke."""
+    slack = min(0.001, 1 / rate)
+    sent = _late_sender(Gcra(rate=rate, burst=burst), lateness, slack)
+    window = 1.0
+    for i, start in enumerate(sent):
+        inside = sum(1 for t in sent[i:] if t < start + window)
+        assert inside <= rate * (window + slack) + burst + 1e-6
