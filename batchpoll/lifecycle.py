@@ -8,6 +8,7 @@ seconds) are passed in, so every rule is testable with a fake clock.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from random import Random
@@ -87,6 +88,28 @@ class Slot:
 
     def __repr__(self) -> str:
         return f"Slot({self.pid!r}, polls={self.polls}, failures={self.failures})"
+
+
+class SharedMillisecond:
+    """Send times to the millisecond, one float object for every send in the same millisecond.
+
+    A float is a 24-byte object (32 with the allocator's rounding) and each waiting id keeps
+    two; at thousands of sends a second, ids sent within a millisecond of each other can share
+    one. Records show milliseconds, so nothing a user sees changes.
+    """
+
+    __slots__ = ("_last",)
+
+    def __init__(self) -> None:
+        self._last = -math.inf
+
+    def __call__(self, now: float) -> float:
+        """*now*, or the time returned before when that is less than a millisecond earlier."""
+        last = self._last
+        if 0.0 <= now - last < 0.001:
+            return last
+        self._last = now
+        return now
 
 
 def note_sent(slot: Slot, now: float) -> None:

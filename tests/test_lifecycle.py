@@ -9,7 +9,16 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from batchpoll.lifecycle import Policy, Slot, advance, expired, finish, iso_utc, note_sent
+from batchpoll.lifecycle import (
+    Policy,
+    SharedMillisecond,
+    Slot,
+    advance,
+    expired,
+    finish,
+    iso_utc,
+    note_sent,
+)
 from batchpoll.records import Answer, Broken, NotFound, Record, Rejected, Throttled, Transient
 
 POLICY = Policy(
@@ -169,3 +178,14 @@ def test_iso_utc_writes_what_datetime_writes(epoch: float) -> None:
     expected = datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds")
     assert iso_utc(epoch) == expected
     assert iso_utc(epoch) == expected  # and again, from the cache
+
+
+def test_sends_within_a_millisecond_share_one_time() -> None:
+    """Times less than 1 ms after the last one returned come back as that same object."""
+    shared = SharedMillisecond()
+    first = shared(100.0)
+    assert shared(100.0004) is first
+    assert shared(100.0009) is first
+    later = shared(100.0011)
+    assert later == 100.0011
+    assert shared(100.0015) is later
