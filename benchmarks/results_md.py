@@ -185,11 +185,12 @@ def section_c(med: dict[tuple[str, str], Row], names: list[str], args: dict[str,
         f"polled once, but no longer than {args['c_cap']:.0f} s; then the harness sends it "
         "SIGTERM (every client ends the same way; batchpoll's `--deadline` is only a backstop). "
         "bytes per waiting id = (peak RSS - the same client's peak RSS with 1 id) / ids. "
-        "An id counts as waiting for sure once it has been polled: where not every id was, "
-        "that figure is not a verified one (the naive scripts, aiometer and the ceiling hold "
-        "every id from the start; batchpoll reads its input as it goes, so it may hold only "
-        "the ids polled so far; for it, bytes per polled id, the same growth / ids polled, "
-        "bounds the figure from the other side). The naive scripts run only up to "
+        "The naive scripts, aiometer and the ceiling hold every id from the start. batchpoll "
+        "reads its input as it goes, so an id counts as waiting for sure only once it has been "
+        "polled: it runs on until every id was (no longer than "
+        f"{args.get('c_stream_cap', args['c_cap']):.0f} s), and where not every id was, its "
+        "figure is not a verified one (bytes per polled id, the same growth / ids polled, "
+        "bounds it from the other side). The naive scripts run only up to "
         f"{args['c_naive_max']:,} ids (one task per id would need gigabytes at a million).",
         "",
         *_table(
