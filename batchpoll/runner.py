@@ -5,13 +5,14 @@ summary, JUnit and exit code afterwards. ``cli`` imports this only for ``run``, 
 from __future__ import annotations
 
 import contextlib
+import gc
 import importlib.util
 import math
 import os
 import shutil
 import signal
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -40,6 +41,8 @@ if TYPE_CHECKING:
     from .progress import ProgressView
 
 _CHUNK = 64 * 1024
+#: The cyclic collector's first threshold during a run (CPython's default is 700).
+GC_GEN0_THRESHOLD = 7000
 
 
 def run_settings(settings: Settings, input_path: str, *, overwrite: bool = False) -> int:
@@ -80,7 +83,7 @@ def run_settings(settings: Settings, input_path: str, *, overwrite: bool = False
     live = progress.wanted(settings.progress, sys.stderr)
     view = progress.ProgressView(stats) if live else None
     try:
-        with view or contextlib.nullcontext():
+        with view or contextlib.nullcontext(), collector_tuned():
             anyio.run(
                 _run_engine,
                 settings,
@@ -113,6 +116,23 @@ def run_settings(settings: Settings, input_path: str, *, overwrite: bool = False
 
         print(render(summary, width=shutil.get_terminal_size().columns), file=sys.stderr)
     return code
+
+
+@contextlib.contextmanager
+def collector_tuned() -> Iterator[None]:
+    """A run's process with the cyclic GC's first threshold raised, restored afterwards.
+
+    Thousands of aiohttp objects are alive at any moment of a busy run. At the default
+    threshold the collector started every few dozen polls, took about a tenth of the CPU and
+    found almost nothing: the engine makes no reference cycles. The CLI owns its process, so
+    it may raise it; the library (``poll_all``) leaves the host program's settings alone.
+    """
+    before = gc.get_threshold()
+    gc.set_threshold(max(before[0], GC_GEN0_THRESHOLD), *before[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*before)
 
 
 def loop_options() -> dict[str, bool]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import re
 import sys
@@ -13,6 +14,7 @@ import pytest
 from helpers import KEY
 
 from batchpoll.records import DEFAULT_FAIL_ON
+from batchpoll.runner import GC_GEN0_THRESHOLD, collector_tuned
 from batchpoll.simulator import SimSettings, Simulator, running_simulator, truth
 
 pytestmark = pytest.mark.anyio
@@ -345,3 +347,20 @@ async def test_runs_on_the_plain_asyncio_loop_and_on_uvloop(tmp_path: Path, loop
         )
     assert code == 1, err
     assert sorted(r["status"] for r in lines(out)) == ["completed"] * 5 + ["failed"] * 2
+
+
+def test_a_run_raises_the_collector_threshold_and_restores_it() -> None:
+    """During a run the cyclic GC starts less often; afterwards the host's settings are back."""
+    before = gc.get_threshold()
+    during: list[tuple[int, ...]] = []
+
+    def failing_run() -> None:
+        with collector_tuned():
+            during.append(gc.get_threshold())
+            raise RuntimeError("the run failed")
+
+    with pytest.raises(RuntimeError):
+        failing_run()
+    assert during[0][0] >= GC_GEN0_THRESHOLD
+    assert during[0][1:] == before[1:]
+    assert gc.get_threshold() == before
