@@ -97,31 +97,19 @@ class _Lines:
         buffer.flush()
 
 
-class _TextLogger:
-    """The wrapped logger for the console renderer's str lines."""
+class _LineLogger:
+    """The wrapped logger: str lines from the console renderer, bytes lines from orjson's."""
 
     __slots__ = ("_lines",)
 
     def __init__(self, lines: _Lines) -> None:
         self._lines = lines
 
-    def msg(self, message: str) -> None:
-        self._lines.write_text(message)
-
-    log = debug = info = warn = warning = msg
-    fatal = failure = err = error = critical = exception = msg
-
-
-class _BytesLogger:
-    """The wrapped logger for orjson's bytes lines."""
-
-    __slots__ = ("_lines",)
-
-    def __init__(self, lines: _Lines) -> None:
-        self._lines = lines
-
-    def msg(self, message: bytes) -> None:
-        self._lines.write_bytes(message)
+    def msg(self, message: str | bytes) -> None:
+        if isinstance(message, bytes):
+            self._lines.write_bytes(message)
+        else:
+            self._lines.write_text(message)
 
     log = debug = info = warn = warning = msg
     fatal = failure = err = error = critical = exception = msg
@@ -142,16 +130,13 @@ def configure(fmt: str, level: str, *, secret: str | None, stream: TextIO | None
         structlog.processors.format_exc_info,
         Redactor(secret),
     ]
-    wrapped: type[_TextLogger | _BytesLogger]
     if use_console(fmt, stream):
         renderer: Processor = structlog.dev.ConsoleRenderer(colors=use_colour(stream))
-        wrapped = _TextLogger
     else:
         renderer = structlog.processors.JSONRenderer(serializer=orjson.dumps)
-        wrapped = _BytesLogger
 
     def factory(*_args: object) -> WrappedLogger:
-        return wrapped(lines)
+        return _LineLogger(lines)
 
     structlog.configure(
         processors=[*shared, renderer],

@@ -5,6 +5,12 @@ from __future__ import annotations
 import math
 
 
+def check_rate(rate: float) -> None:
+    """Raise ``ValueError`` unless *rate* (requests per second) is a finite number > 0."""
+    if not (math.isfinite(rate) and rate > 0):
+        raise ValueError(f"rate must be a finite number > 0, got {rate}")
+
+
 class Gcra:
     """Generic Cell Rate Algorithm, "virtual scheduling" form (ATM Forum TM 4.0; the algorithm
     aiometer and redis-cell use).
@@ -46,8 +52,7 @@ class Gcra:
         Bookings already made keep their times; later ones are spaced ``1 / rate`` seconds apart
         after them, so a change never pulls an already-booked request earlier.
         """
-        if not (math.isfinite(rate) and rate > 0):
-            raise ValueError(f"rate must be a finite number > 0, got {rate}")
+        check_rate(rate)
         self._rate, self._interval = rate, 1.0 / rate
         # tau: how far ahead of its theoretical arrival time a request may go; (burst - 1)
         # intervals is exactly what lets `burst` requests through back to back.

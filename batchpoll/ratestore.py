@@ -32,6 +32,7 @@ from structlog.typing import FilteringBoundLogger
 from .backoff import retry_delay
 from .config import masked_url
 from .errors import RateStoreError
+from .ratelimit import check_rate
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -243,8 +244,7 @@ class SharedBudget:
 
     def set_rate(self, rate: float) -> None:
         """Book at *rate* requests per second from the next grant on (as ``Gcra.set_rate``)."""
-        if not (math.isfinite(rate) and rate > 0):
-            raise ValueError(f"rate must be a finite number > 0, got {rate}")
+        check_rate(rate)
         self._rate = rate
         # Rounded up to whole microseconds, so rounding can only slow the rate down.
         self._interval_us = math.ceil(1e6 / rate)

@@ -67,7 +67,7 @@ import re
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -195,6 +195,18 @@ def _loopback_http(url: str) -> bool:
     return loopback and parts.scheme == "http" and not parts.query and not parts.fragment
 
 
+def max_in_window(times: Iterable[float], window: float = 1.0) -> int:
+    """Most of *times* (seconds, any order) within any closed interval ``[t, t + window]``."""
+    ordered = sorted(times)
+    best = start = 0
+    # Two pointers: ordered[start..end] is the longest run ending at ordered[end] within window.
+    for end, t in enumerate(ordered):
+        while t - ordered[start] > window:
+            start += 1
+        best = max(best, end - start + 1)
+    return best
+
+
 @dataclass(slots=True)
 class SimStats:
     """What the server saw, counted where the contract's limits are checked.
@@ -218,14 +230,7 @@ class SimStats:
 
     def max_in_window(self, window: float = 1.0) -> int:
         """Most arrivals within any closed interval ``[t, t + window]`` (seconds)."""
-        times = sorted(self.arrivals)
-        best = start = 0
-        # Two pointers: times[start..end] is the longest run ending at times[end] within window.
-        for end, t in enumerate(times):
-            while t - times[start] > window:
-                start += 1
-            best = max(best, end - start + 1)
-        return best
+        return max_in_window(self.arrivals, window)
 
     @property
     def max_per_second(self) -> int:

@@ -42,7 +42,7 @@ def child_env() -> dict[str, str]:
     return env
 
 
-def _pin(core: int | None) -> Callable[[], None] | None:
+def pinned(core: int | None) -> Callable[[], None] | None:
     if core is None:
         return None
     return lambda: os.sched_setaffinity(0, {core})
@@ -116,7 +116,7 @@ def run_client(
             stdout=subprocess.DEVNULL,
             stderr=err,
             env=child_env(),
-            preexec_fn=_pin(core),  # the harness runs no threads
+            preexec_fn=pinned(core),  # the harness runs no threads
         )
         stopped, term_at = False, None
         try:

@@ -7,7 +7,6 @@ optional) and say which was used.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
 import shutil
@@ -15,11 +14,10 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from procs import child_env
+from procs import child_env, pinned
 
 if TYPE_CHECKING:
     from run import Bench
@@ -27,8 +25,16 @@ if TYPE_CHECKING:
 PATH = "/test_framework/v1/scenarios/scenario-agent-progress/"
 
 
-def _pinned(core: int | None) -> Callable[[], None] | None:
-    return None if core is None else lambda: os.sched_setaffinity(0, {core})
+def _timed_run(cmd: list[str], core: int | None, timeout: float) -> None:
+    """Run *cmd* to the end on *core*, as every client runs; a failure raises."""
+    subprocess.run(
+        cmd,
+        env=child_env(),
+        capture_output=True,
+        check=True,
+        timeout=timeout,
+        preexec_fn=pinned(core),
+    )
 
 
 def probe_server(bench: Bench, seconds: float) -> dict[str, object]:
@@ -48,7 +54,7 @@ def probe_server(bench: Bench, seconds: float) -> dict[str, object]:
         text=True,
         timeout=seconds + 30,
         check=False,
-        preexec_fn=_pinned(bench.client_core),
+        preexec_fn=pinned(bench.client_core),
     )
     wall = time.monotonic() - started
     cpu = bench.server.stats()["cpu_s"] - cpu0
@@ -101,14 +107,7 @@ def _hyperfine(
     argv += ["--export-json", str(export)]
     for name, cmd in cmds.items():
         argv += ["-n", name, shlex.join(cmd)]
-    subprocess.run(
-        argv,
-        env=child_env(),
-        capture_output=True,
-        check=True,
-        timeout=300,
-        preexec_fn=_pinned(core),
-    )
+    _timed_run(argv, core, timeout=300)
     results = json.loads(export.read_text())["results"]
     return {
         r["command"]: {
@@ -127,14 +126,7 @@ def _loop(cmd: list[str], runs: int, core: int | None) -> dict[str, float]:
     times = []
     for i in range(runs + 1):
         started = time.perf_counter()
-        subprocess.run(
-            cmd,
-            env=child_env(),
-            capture_output=True,
-            check=True,
-            timeout=60,
-            preexec_fn=_pinned(core),
-        )
+        _timed_run(cmd, core, timeout=60)
         if i:
             times.append(time.perf_counter() - started)
     return {

@@ -15,6 +15,7 @@ from structlog.testing import capture_logs
 
 from batchpoll.errors import RateStoreError
 from batchpoll.ratestore import SharedBudget
+from batchpoll.simulator import max_in_window
 
 pytestmark = pytest.mark.anyio
 
@@ -32,17 +33,6 @@ async def budget(server: RedisServer, rate: float = 100.0, burst: int = 1) -> Sh
     return await SharedBudget.connect(
         server.url, key=KEY, rate=rate, burst=burst, log=structlog.get_logger()
     )
-
-
-def max_in_window(times: list[float], window: float = 1.0) -> int:
-    """Most of *times* within any closed interval of *window* seconds."""
-    times = sorted(times)
-    best = start = 0
-    for end, t in enumerate(times):
-        while t - times[start] > window:
-            start += 1
-        best = max(best, end - start + 1)
-    return best
 
 
 async def book(budgets: list[SharedBudget], tasks_each: int, grants: int) -> list[float]:
