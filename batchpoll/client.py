@@ -38,7 +38,8 @@ def classify(
 ) -> Outcome:
     """Map one HTTP answer (status, body, headers) to an outcome; 401/403 raise in the caller."""
     match status:
-        case 200 if "json" not in content_type.lower():
+        # The raw header; lowercased only in the rare case that it lacks a lowercase "json".
+        case 200 if "json" not in content_type and "json" not in content_type.lower():
             # An HTML error page from a proxy is not an answer, even if it parses.
             media_type = content_type.partition(";")[0].strip()
             return Transient(reason=f"unreadable body: content type {media_type or 'missing'}")

@@ -258,10 +258,10 @@ class Engine:
             if len(self._in_flight) >= concurrency:
                 await self._mailbox.wait(math.inf)
                 continue
-            slot: Slot | None
-            was_held = self._held is not None
-            if self._held is not None:
-                slot, self._held = self._held, None
+            slot = self._held
+            was_held = slot is not None
+            if slot is not None:
+                self._held = None
             else:
                 slot = self._pick(new_rx, now)
             if slot is None:

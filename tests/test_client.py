@@ -185,3 +185,16 @@ async def test_many_concurrent_timeouts_each_end_once() -> None:
                     tg.start_soon(one, f"slow-{i}")
     assert results.count(Transient("timeout after 0.1s")) == 8
     assert results.count(Answer("completed", None, None, None, None)) == 8
+
+
+def test_classify_reads_the_raw_content_type_header() -> None:
+    """The media type is matched case-blind, parameters ignored, and named without them."""
+    body = b'{"status": "completed"}'
+    done = Answer("completed", None, None, None, None)
+    upper = classify(200, body, None, wall=NOW, content_type="Application/JSON; charset=utf-8")
+    assert upper == done
+    html = classify(200, body, None, wall=NOW, content_type="text/html; charset=utf-8")
+    assert html == Transient("unreadable body: content type text/html")
+    assert classify(200, body, None, wall=NOW, content_type="") == Transient(
+        "unreadable body: content type missing"
+    )
