@@ -33,7 +33,7 @@ from .channels import Handoff, Mailbox
 from .config import Settings
 from .errors import BatchpollError
 from .lifecycle import Policy, SharedMillisecond, Slot, advance, expired, finish, note_sent
-from .ratelimit import Gcra
+from .ratelimit import Gcra, paced
 from .ratestore import SharedBudget
 from .records import IN_PROGRESS, Answer, Outcome, Record, Throttled, Transient
 from .records import TERMINAL_STATUSES as TERMINAL
@@ -106,7 +106,7 @@ class Engine:
             timeout=settings.timeout,
             max_retries=settings.max_retries,
         )
-        self._limiter = Gcra(settings.rate, settings.burst)
+        self._limiter = Gcra(paced(settings.rate), settings.burst)
         # Re-polls may come out up to one bucket late: 1% of the interval (1 to 50 ms) costs
         # nothing a user would notice, and 100k ids waiting at a 5 s interval then share a few
         # hundred buckets instead of holding tens of thousands of one-item lists.
@@ -388,9 +388,9 @@ class Engine:
             self._set_rate(self._aimd.rate)
 
     def _set_rate(self, rate: float) -> None:
-        self._limiter.set_rate(rate)
+        self._limiter.set_rate(paced(rate))
         if self._budget is not None:
-            self._budget.set_rate(rate)
+            self._budget.set_rate(paced(rate))
 
     def _pause(self, now: float, until: float, reason: str) -> None:
         """Hold every request until *until* (monotonic s), as a Retry-After asked."""

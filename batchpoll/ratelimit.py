@@ -3,12 +3,27 @@
 from __future__ import annotations
 
 import math
+from typing import Final
+
+#: How much of the asked rate the engine leaves unused. A server counts requests as they
+#: arrive, and they arrive a few milliseconds less evenly than they were sent (network,
+#: scheduling on either side). Pacing at rate / (1 + HEADROOM) keeps any window of t >= 1 s
+#: at the server within rate * t + burst while arrivals wander by up to HEADROOM * t seconds
+#: less the engine's timer slack: 9 ms for a one-second window. On a loopback bench at
+#: 2,000/s, exact pacing let the server count 2,015 to 2,022 in a second; this costs 1% of
+#: the rate.
+HEADROOM: Final = 0.01
 
 
 def check_rate(rate: float) -> None:
     """Raise ``ValueError`` unless *rate* (requests per second) is a finite number > 0."""
     if not (math.isfinite(rate) and rate > 0):
         raise ValueError(f"rate must be a finite number > 0, got {rate}")
+
+
+def paced(rate: float) -> float:
+    """The rate to book at so that *rate* holds where requests arrive (see ``HEADROOM``)."""
+    return rate / (1 + HEADROOM)
 
 
 class Gcra:
