@@ -114,18 +114,18 @@ class _Watchdog:
     cancelled the task.
     """
 
-    __slots__ = ("_handle", "_loop", "_tick", "_timeout", "clock", "expired", "started")
+    __slots__ = ("_handle", "_tick", "_timeout", "clock", "expired", "loop", "started")
 
     def __init__(self, timeout: float) -> None:
         self._timeout = timeout
         self._tick = min(1.0, timeout / _WATCH_SHARE)
-        self._loop = asyncio.get_running_loop()
-        self.clock = self._loop.time
+        self.loop = asyncio.get_running_loop()
+        self.clock = self.loop.time
         #: Each running attempt's task and the loop time it started.
         self.started: dict[asyncio.Task[object], float] = {}
         #: Tasks this watchdog cancelled and that have not yet seen it.
         self.expired: set[asyncio.Task[object]] = set()
-        self._handle = self._loop.call_later(self._tick, self._check)
+        self._handle = self.loop.call_later(self._tick, self._check)
 
     def _check(self) -> None:
         cutoff = self.clock() - self._timeout
@@ -133,7 +133,7 @@ class _Watchdog:
             if started <= cutoff and task not in self.expired:
                 self.expired.add(task)
                 task.cancel()
-        self._handle = self._loop.call_later(self._tick, self._check)
+        self._handle = self.loop.call_later(self._tick, self._check)
 
     def close(self) -> None:
         self._handle.cancel()
@@ -182,7 +182,8 @@ class ApiClient:
         """One attempt (following same-origin redirects), timed from here, as an outcome."""
         watchdog = self._watchdog
         assert watchdog is not None, "use ApiClient as an async context manager"
-        task = asyncio.current_task()
+        # With the loop given, current_task skips get_running_loop's getpid() system call.
+        task = asyncio.current_task(watchdog.loop)
         assert task is not None
         cancelling = task.cancelling()
         watchdog.started[task] = watchdog.clock()
