@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import sys
 from collections.abc import AsyncIterator
 
 import orjson
@@ -16,6 +17,7 @@ from batchpoll.source import (
     Item,
     LineSplitter,
     aiter_items,
+    id_problem,
     iter_items,
     parse_line,
 )
@@ -237,3 +239,13 @@ def test_arbitrary_bytes_never_crash(data: bytes, cuts: list[int]) -> None:
             assert not any(ch.isspace() for ch in item)
     keys = [item.text if isinstance(item, InvalidInput) else item for item in items]
     assert len(keys) == len(set(keys))
+
+
+def test_whitespace_is_exactly_what_str_isspace_says() -> None:
+    """Every code point inside an id is refused as whitespace if and only if isspace() says so."""
+    wrong = [
+        hex(code)
+        for code in range(sys.maxunicode + 1)
+        if (id_problem(f"a{chr(code)}b") == "id contains whitespace") != chr(code).isspace()
+    ]
+    assert wrong == []
