@@ -131,8 +131,9 @@ def section_b(med: dict[tuple[str, str], Row], names: list[str], args: dict[str,
         "and the most requests in any 1-s window (worst round). The naive scripts have no rate "
         "limit and are not run; aiometer's `max_per_second` has no burst. A window is timed "
         "where requests arrive, so the sender's timer lateness and the server's own scheduling "
-        "count against it: the ceiling's row (a plain GCRA, booked by the sender) shows how "
-        "much that adds on this machine.",
+        "count against it: the ceiling's row (a plain GCRA at exactly the rate, booked by the "
+        "sender) shows how much that adds on this machine. batchpoll paces 1% under the rate "
+        "to leave room for it.",
         "",
         *_table(
             [
