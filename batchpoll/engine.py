@@ -106,7 +106,8 @@ class Engine:
             timeout=settings.timeout,
             max_retries=settings.max_retries,
         )
-        self._limiter = Gcra(paced(settings.rate), settings.burst)
+        self._limiter = Gcra(settings.rate, settings.burst)
+        self._set_rate(settings.rate)  # paced, like every later change of rate
         # Re-polls may come out up to one bucket late: 1% of the interval (1 to 50 ms) costs
         # nothing a user would notice, and 100k ids waiting at a 5 s interval then share a few
         # hundred buckets instead of holding tens of thousands of one-item lists.
@@ -388,9 +389,11 @@ class Engine:
             self._set_rate(self._aimd.rate)
 
     def _set_rate(self, rate: float) -> None:
-        self._limiter.set_rate(paced(rate))
+        """Book at *rate*, less the headroom, locally and in the shared budget."""
+        rate = paced(rate)
+        self._limiter.set_rate(rate)
         if self._budget is not None:
-            self._budget.set_rate(paced(rate))
+            self._budget.set_rate(rate)
 
     def _pause(self, now: float, until: float, reason: str) -> None:
         """Hold every request until *until* (monotonic s), as a Retry-After asked."""

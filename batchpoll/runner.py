@@ -175,7 +175,6 @@ async def _run_engine(
     # Imported here so `batchpoll --help` does not pay for aiohttp.
     from .client import ApiClient
     from .engine import HEARTBEAT_S, Engine
-    from .ratelimit import paced
 
     # With the live view up, the heartbeat would only repeat what the bar shows.
     heartbeat_s = math.inf if view is not None else HEARTBEAT_S
@@ -187,7 +186,7 @@ async def _run_engine(
         budget = await SharedBudget.connect(
             settings.rate_store,
             key=settings.rate_key,
-            rate=paced(settings.rate),
+            rate=settings.rate,
             burst=settings.burst,
             log=log,
         )
