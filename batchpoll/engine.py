@@ -184,7 +184,13 @@ class Engine:
                 self.stats.ids += 1
                 if isinstance(item, InvalidInput):
                     await rec_tx.send(
-                        Record(progress_id=item.text, status="invalid_input", error=item.reason)
+                        Record(
+                            progress_id=item.text,
+                            status="invalid_input",
+                            error=item.reason,
+                            input_line=item.line_no,
+                            input_sha256=item.sha256,
+                        )
                     )
                     continue
                 # A new id has been due since the run started, so earliest-due-first polls

@@ -93,9 +93,32 @@ class Record:
     last_poll_at: str | None = None
     elapsed_s: float | None = None
     last_api_status: str | None = None
+    #: For ``invalid_input`` only: the line's number and the SHA-256 of its bytes, which key
+    #: the record (see ``record_key``); both left out of the line otherwise.
+    input_line: int | None = None
+    input_sha256: str | None = None
 
     def to_json_line(self) -> bytes:
         """One JSON object and a newline, as written to the sink."""
+        if self.input_sha256 is not None:
+            return orjson.dumps(
+                {
+                    "progress_id": self.progress_id,
+                    "status": self.status,
+                    "mode": self.mode,
+                    "session_id": self.session_id,
+                    "result": self.result,
+                    "error": self.error,
+                    "polls": self.polls,
+                    "first_poll_at": self.first_poll_at,
+                    "last_poll_at": self.last_poll_at,
+                    "elapsed_s": self.elapsed_s,
+                    "last_api_status": self.last_api_status,
+                    "input_line": self.input_line,
+                    "input_sha256": self.input_sha256,
+                },
+                option=orjson.OPT_APPEND_NEWLINE,
+            )
         return orjson.dumps(
             {
                 "progress_id": self.progress_id,
@@ -112,3 +135,22 @@ class Record:
             },
             option=orjson.OPT_APPEND_NEWLINE,
         )
+
+
+#: Starts every key of an invalid line's record. A valid id is printable, so it never holds
+#: NUL: no invalid line's key can equal an id, and a hash of the whole line keeps two
+#: different invalid lines apart however long their common start.
+INVALID_KEY: Final = "\x00invalid:"
+
+
+def record_key(progress_id: str, status: str, input_sha256: object = None) -> str:
+    """What identifies the input a record answers: the id, or for ``invalid_input`` the line.
+
+    De-duplication of the input and ``--resume`` both use it. An ``invalid_input`` record
+    without ``input_sha256`` (from an older batchpoll) keys under its text, apart from ids.
+    """
+    if status != "invalid_input":
+        return progress_id
+    if isinstance(input_sha256, str):
+        return INVALID_KEY + input_sha256
+    return INVALID_KEY + "text:" + progress_id

@@ -19,6 +19,7 @@ from typing import Any, Final, TextIO
 import orjson
 
 from .errors import InputFileError
+from .records import record_key
 from .stats import CAUSES, Tally, exit_code
 
 #: Narrowest table ``render`` draws; narrower widths are treated as this.
@@ -115,7 +116,7 @@ def _latest(records: Iterable[Mapping[str, Any]]) -> dict[str, Row]:
     for record in records:
         row = row_of(record)
         if row is not None:
-            rows[row.progress_id] = row
+            rows[record_key(row.progress_id, row.status, record.get("input_sha256"))] = row
     return rows
 
 

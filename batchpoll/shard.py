@@ -14,7 +14,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Final
 
-from .source import Item
+from .source import Item, item_key
 
 #: The environment variables a shard can come from, besides the ``--shard`` option itself.
 SHARD_ENV: Final = "BATCHPOLL_SHARD"  # "K/N"
@@ -111,9 +111,9 @@ def shard_from_env(env: Mapping[str, str]) -> Shard | None:
 async def owned(items: AsyncIterable[Item], shard: Shard | None) -> AsyncIterator[Item]:
     """The items of ``items`` that ``shard`` owns (all of them for None), in order.
 
-    An invalid line is judged by its text, so its ``invalid_input`` record too is written by
-    exactly one shard.
+    An invalid line is judged by its key (``source.item_key``), so its ``invalid_input`` record
+    too is written by exactly one shard.
     """
     async for item in items:
-        if shard is None or shard.owns(item if isinstance(item, str) else item.text):
+        if shard is None or shard.owns(item_key(item)):
             yield item

@@ -8,12 +8,15 @@ the two to a sync or an async chunk source, so memory stays at one chunk plus on
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 import orjson
+
+from .records import INVALID_KEY
 
 MAX_ID_CHARS: Final = 256
 # What str.isspace calls whitespace (sre tests the same Unicode property), in one C call
@@ -28,15 +31,30 @@ _BOM: Final = b"\xef\xbb\xbf"
 
 @dataclass(frozen=True, slots=True)
 class InvalidInput:
-    """A line that names no valid id: its trimmed text (at most 300 characters), why, and where."""
+    """A line that names no valid id: its trimmed text (at most 300 characters), why, and where.
+
+    ``sha256`` is the hex SHA-256 of the whole trimmed line, the part of its ``key`` that
+    tells two invalid lines apart even when their shown text is the same.
+    """
 
     text: str
     reason: str
     line_no: int
+    sha256: str = field(default="", compare=False)
+
+    @property
+    def key(self) -> str:
+        """What de-duplication and ``--resume`` know this line by (``records.record_key``)."""
+        return INVALID_KEY + self.sha256
 
 
 #: A valid progress id is a plain ``str``.
 Item = str | InvalidInput
+
+
+def item_key(item: Item) -> str:
+    """The key of an id (itself) or of an invalid line; never the same for an id and a line."""
+    return item if isinstance(item, str) else item.key
 
 
 def parse_line(raw: bytes, line_no: int) -> Item | None:
@@ -47,16 +65,18 @@ def parse_line(raw: bytes, line_no: int) -> Item | None:
     """
     if len(raw) > MAX_LINE_BYTES:
         text = raw[: _MAX_TEXT_CHARS * 4].decode("utf-8", errors="replace").strip()
-        return _invalid(text, f"line longer than {MAX_LINE_BYTES} bytes", line_no)
+        return _invalid(text, f"line longer than {MAX_LINE_BYTES} bytes", line_no, raw)
     try:
         text = raw.decode("utf-8").strip()
     except UnicodeDecodeError:
         text = raw.decode("utf-8", errors="replace").strip()
-        return None if _skipped(text) else _invalid(text, "line is not valid UTF-8", line_no)
+        if _skipped(text):
+            return None
+        return _invalid(text, "line is not valid UTF-8", line_no, raw)
     if _skipped(text):
         return None
     pid, reason = _json_id(text) if text.startswith("{") else (text, id_problem(text))
-    return pid if reason is None else _invalid(text, reason, line_no)
+    return pid if reason is None else _invalid(text, reason, line_no, raw)
 
 
 def _skipped(text: str) -> bool:
@@ -91,25 +111,29 @@ def id_problem(pid: str) -> str | None:
     return None
 
 
-def _invalid(text: str, reason: str, line_no: int) -> InvalidInput:
+def _invalid(text: str, reason: str, line_no: int, raw: bytes) -> InvalidInput:
+    digest = hashlib.sha256(raw.strip()).hexdigest()
     if len(text) > _MAX_TEXT_CHARS:
         text = text[: _MAX_TEXT_CHARS - 1] + "…"
-    return InvalidInput(text=text, reason=reason, line_no=line_no)
+    return InvalidInput(text=text, reason=reason, line_no=line_no, sha256=digest)
 
 
 class LineSplitter:
     """Cuts a byte stream fed in arbitrary chunks into LF-ended lines (a CR before the LF is kept).
 
     A UTF-8 BOM is dropped from the stream's first line only. A line is cut off after
-    ``MAX_LINE_BYTES + 1`` bytes, which still marks it as too long for ``parse_line``.
+    ``MAX_LINE_BYTES + 1`` bytes, which still marks it as too long for ``parse_line``; the
+    SHA-256 of what was cut off is appended, so two long lines that differ only past the cut
+    still differ.
     """
 
-    __slots__ = ("_first", "_parts", "_size")
+    __slots__ = ("_first", "_overflow", "_parts", "_size")
 
     def __init__(self) -> None:
         self._parts: list[bytes] = []  # the partial line's pieces, MAX_LINE_BYTES + 1 bytes at most
         self._size = 0
         self._first = True
+        self._overflow: hashlib._Hash | None = None  # what a too-long line had past the cut
 
     def feed(self, chunk: bytes) -> list[bytes]:
         """The lines that ``chunk`` completes, without their LF, in input order."""
@@ -123,15 +147,22 @@ class LineSplitter:
 
     def finish(self) -> bytes | None:
         """The last line when the input did not end with LF, else None; the splitter is reset."""
-        return self._take() if self._size else None
+        return self._take() if self._size or self._overflow is not None else None
 
     def _keep(self, piece: bytes) -> None:
         room = MAX_LINE_BYTES + 1 - self._size
         if piece and room > 0:
             self._parts.append(piece[:room])
             self._size += min(room, len(piece))
+        if len(piece) > room:
+            if self._overflow is None:
+                self._overflow = hashlib.sha256()
+            self._overflow.update(piece[max(room, 0) :])
 
     def _take(self) -> bytes:
+        if self._overflow is not None:
+            self._parts.append(self._overflow.digest())
+            self._overflow = None
         line = b"".join(self._parts)
         self._parts.clear()
         self._size = 0
@@ -149,8 +180,8 @@ class Deduper:
     __slots__ = ("_line_no", "_seen")
 
     def __init__(self) -> None:
-        # One set for ids and invalid texts alike, keyed by what becomes the record's progress_id,
-        # so the output never holds two lines under one key (resume looks records up by it).
+        # One set for ids and invalid lines alike, keyed as their records are (item_key), so
+        # the output never holds two lines under one key (resume looks records up by it).
         self._seen: set[str] = set()
         self._line_no = 0
 
@@ -161,7 +192,7 @@ class Deduper:
             item = parse_line(raw, self._line_no)
             if item is None:
                 continue
-            key = item.text if isinstance(item, InvalidInput) else item
+            key = item_key(item)
             if key not in self._seen:
                 self._seen.add(key)
                 yield item
@@ -199,11 +230,15 @@ async def items_of_ids(ids: Iterable[str] | AsyncIterable[str]) -> AsyncIterator
     number = 0
     async for pid in _aiter(ids):
         number += 1
-        if pid in seen:
-            continue
-        seen.add(pid)
         problem = id_problem(pid) if isinstance(pid, str) else "id is not a string"
-        yield pid if problem is None else _invalid(str(pid), problem, number)
+        item: Item = pid
+        if problem is not None:
+            raw = str(pid).encode("utf-8", "surrogatepass")
+            item = _invalid(str(pid), problem, number, raw)
+        if (key := item_key(item)) in seen:
+            continue
+        seen.add(key)
+        yield item
 
 
 async def _aiter(ids: Iterable[str] | AsyncIterable[str]) -> AsyncIterator[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import sys
 from collections.abc import AsyncIterator
@@ -151,11 +152,12 @@ def test_line_numbers_count_every_physical_line() -> None:
 
 
 def test_splitter_bounds_an_endless_line() -> None:
-    """A newline-free input is held to MAX_LINE_BYTES + 1 bytes and reads as one over-long line."""
+    """A newline-free input is held to MAX_LINE_BYTES + 1 bytes, plus the SHA-256 of the rest."""
     splitter = LineSplitter()
     for _ in range(3):
         assert splitter.feed(b"x" * (MAX_LINE_BYTES // 2)) == []
-    assert splitter.feed(b"yy\nok") == [b"x" * (MAX_LINE_BYTES + 1)]
+    rest = b"x" * (3 * (MAX_LINE_BYTES // 2) - MAX_LINE_BYTES - 1) + b"yy"
+    assert splitter.feed(b"yy\nok") == [b"x" * (MAX_LINE_BYTES + 1) + hashlib.sha256(rest).digest()]
     assert splitter.finish() == b"ok"
     assert splitter.finish() is None
 
