@@ -14,29 +14,41 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
-import orjson
 
 from . import progress
 from .client import ApiClient
 from .config import Secret, Settings
 from .engine import Engine
+from .errors import InputFileError
 from .logs import configure, get_logger
+from .outfiles import OutputLock, check_replaceable, replace_file
 from .report import render
 from .runner import loop_options
 from .simulator import SimSettings, running_simulator
-from .sink import LineSink, prepare_output
-from .source import Item, iter_items
+from .sink import LineSink, prepare_output, read_lines, record_of
+from .source import Item, item_key, iter_items
 from .stats import RunStats
 
 _KEY = "demo-key"  # the simulator's own key; it never leaves the process
 
 
+_IDS_HEADER = b"# batchpoll demo ids\n"
+
+
 def _write_ids(path: Path, n: int) -> None:
-    """n ids: mostly ordinary, plus one of each documented odd form, a duplicate and junk."""
+    """n ids: mostly ordinary, plus one of each documented odd form, a duplicate and junk.
+
+    An existing file is replaced only if it is an earlier demo's (its first line says so).
+    """
     lines = [f"demo-{i:06d}" for i in range(n)]
     specials = ["notfound-demo", "reject-demo", "weird-demo", "demo-000000", "bad id with spaces"]
     lines[: len(specials)] = specials if n >= 50 else lines[: len(specials)]
-    path.write_text("# batchpoll demo ids\n" + "\n".join(lines) + "\n")
+    check_replaceable(str(path), "demo ids file", lambda head: head.startswith(_IDS_HEADER))
+    data = _IDS_HEADER + ("\n".join(lines) + "\n").encode()
+    try:
+        replace_file(str(path), [data])
+    except OSError as exc:
+        raise InputFileError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 def run_demo(*, ids: int, seed: int, directory: Path) -> int:
@@ -44,14 +56,18 @@ def run_demo(*, ids: int, seed: int, directory: Path) -> int:
     directory.mkdir(parents=True, exist_ok=True)
     ids_path, out_path = directory / "ids.txt", directory / "results.jsonl"
     _write_ids(ids_path, ids)
-    prepare_output(str(out_path), resume=False, overwrite=True, retry_statuses=())
-    configure("auto", "error", secret=_KEY)
-    stats = RunStats()
-    live = progress.wanted(True, sys.stderr)
-    with progress.ProgressView(stats) if live else contextlib.nullcontext():
-        anyio.run(_demo, ids_path, out_path, seed, stats, backend_options=loop_options())
-    expected = {i if isinstance(i, str) else i.text for i in iter_items([ids_path.read_bytes()])}
-    seen = Counter(orjson.loads(line)["progress_id"] for line in out_path.read_bytes().splitlines())
+    lock = OutputLock(str(out_path), "demo output")
+    try:
+        prepare_output(str(out_path), lock, resume=False, overwrite=True, retry_statuses=())
+        configure("auto", "error", secret=_KEY)
+        stats = RunStats()
+        live = progress.wanted(True, sys.stderr)
+        with progress.ProgressView(stats) if live else contextlib.nullcontext():
+            anyio.run(_demo, ids_path, lock, seed, stats, backend_options=loop_options())
+    finally:
+        lock.close()
+    expected = {item_key(i) for i in iter_items([ids_path.read_bytes()])}
+    seen = Counter(found[0] for line in read_lines(str(out_path)) if (found := record_of(line)))
     exact = len(seen) == len(expected) and all(v == 1 for v in seen.values())
     summary = stats.summary()
     summary["exit_code"] = code = 0 if exact else 1
@@ -62,7 +78,8 @@ def run_demo(*, ids: int, seed: int, directory: Path) -> int:
     return code
 
 
-async def _demo(ids_path: Path, out_path: Path, seed: int, stats: RunStats) -> None:
+async def _demo(ids_path: Path, lock: OutputLock, seed: int, stats: RunStats) -> None:
+    out_path = lock.path
     sim = SimSettings(
         seed=seed, api_key=_KEY, latency=0.02, min_polls=1, max_polls=4, error_rate=0.02
     )
@@ -71,7 +88,7 @@ async def _demo(ids_path: Path, out_path: Path, seed: int, stats: RunStats) -> N
             base_url=server.url,
             api_key=Secret(_KEY),
             api_key_source="the demo",
-            output=str(out_path),
+            output=out_path,
             concurrency=32,
             rate=500.0,
             burst=10,
@@ -79,7 +96,7 @@ async def _demo(ids_path: Path, out_path: Path, seed: int, stats: RunStats) -> N
             max_interval=1.0,
             request_timeout=5.0,
         )
-        sink = LineSink(str(out_path))
+        sink = LineSink(out_path, fd=lock.fd)
         try:
             async with ApiClient(settings) as client:
                 engine = Engine(settings, client.poll, sink, log=get_logger(), stats=stats)

@@ -15,7 +15,20 @@ only what ends the whole run is raised.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, TypeVar
+
+_E = TypeVar("_E", bound=BaseException)
+
+
+def find_error(exc: BaseException, kind: type[_E]) -> _E | None:
+    """The first *kind* in *exc*, looking inside exception groups (task groups raise those)."""
+    if isinstance(exc, kind):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            if (found := find_error(inner, kind)) is not None:
+                return found
+    return None
 
 
 class BatchpollError(Exception):

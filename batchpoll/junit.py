@@ -13,14 +13,14 @@ and nothing for a record that passed::
 
 from __future__ import annotations
 
-import contextlib
-import os
+import io
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
 from xml.etree import ElementTree as ET
 
 from .errors import InputFileError
+from .outfiles import replace_file
 from .report import Row, row_of
 
 #: Statuses shown as skipped (not passed, not failed) unless ``--fail-on`` names them.
@@ -99,14 +99,18 @@ def write_junit(
 
 
 def _write_atomically(path: str, tree: ET.ElementTree[ET.Element]) -> None:
-    # A sibling file, so os.replace stays on one file system; open() gives it the usual mode.
-    tmp = f"{path}.batchpoll-tmp"
+    buffer = io.BytesIO()
+    tree.write(buffer, encoding="utf-8", xml_declaration=True)
+    buffer.write(b"\n")
     try:
-        with open(tmp, "wb") as f:
-            tree.write(f, encoding="utf-8", xml_declaration=True)
-            f.write(b"\n")
-        os.replace(tmp, path)
+        replace_file(path, [buffer.getvalue()])
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise InputFileError(f"cannot write JUnit report {path}: {exc.strerror}") from None
+        raise InputFileError(f"cannot write JUnit report {path}: {exc.strerror or exc}") from None
+
+
+def looks_like_junit(head: bytes) -> bool:
+    """Whether a file's first bytes are a JUnit report batchpoll wrote (so it may replace it)."""
+    return head.startswith(b"<?xml") and b"<testsuites" in head and _SUITE in head
+
+
+_SUITE: Final = b'<testsuite name="batchpoll"'

@@ -13,7 +13,6 @@ import shutil
 import signal
 import sys
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 import anyio
@@ -22,18 +21,23 @@ import orjson
 from structlog.typing import FilteringBoundLogger
 
 from .config import Settings, describe
-from .errors import InputFileError, UsageError
+from .errors import BatchpollError, InputFileError, UsageError, find_error
+from .outfiles import OutputLock, RunFiles, check_replaceable, check_run_files, replace_file
+from .redact import mask_value
 from .shard import owned
 from .sink import (
     STDOUT,
     LineSink,
+    Prior,
     RecordSink,
     SplitSink,
     TeeSink,
+    check_split_files,
     prepare_output,
     read_lines,
+    split_names,
 )
-from .source import Item, aiter_items
+from .source import Item, aiter_items, item_key
 from .stats import RunStats, exit_code
 
 if TYPE_CHECKING:
@@ -46,25 +50,72 @@ GC_GEN0_THRESHOLD = 7000
 
 
 def run_settings(settings: Settings, input_path: str, *, overwrite: bool = False) -> int:
-    """Run one poll job as the CLI does; return its exit code."""
+    """Run one poll job as the CLI does; return its exit code.
+
+    Every file the run would write is checked before the first request (``_check_files``).
+    However the run ends (done, some ids failed, the key refused, a signal, an internal
+    error), the records received are in OUTPUT and the summary and JUnit files are written;
+    an error is raised again after that, for the CLI to report.
+    """
     from . import logs
 
     if settings.junit and settings.output == STDOUT:
         raise UsageError("--junit needs -o OUTPUT: the report is built from the records written")
-    logs.configure(
-        settings.log_format,
-        settings.log_level,
-        secret=settings.api_key.reveal() if settings.api_key else None,
-    )
+    secret = settings.api_key.reveal() if settings.api_key else None
+    logs.configure(settings.log_format, settings.log_level, secret=secret)
     log = logs.get_logger()
     for warning in settings.warnings:
         log.warning("config_warning", message=warning)
-    prior = prepare_output(
-        settings.output,
-        resume=settings.resume,
-        overwrite=overwrite,
-        retry_statuses=settings.retry_statuses,
+    _check_files(settings, input_path, overwrite=overwrite)
+    source = _open_input(input_path)
+    lock = None if settings.output == STDOUT else OutputLock(settings.output, "output")
+    try:
+        prior = Prior()
+        if lock is not None:
+            prior = prepare_output(
+                settings.output,
+                lock,
+                resume=settings.resume,
+                overwrite=overwrite,
+                retry_statuses=settings.retry_statuses,
+            )
+        return _run_and_report(settings, source, lock, prior, secret, log)
+    finally:
+        source.close()
+        if lock is not None:
+            lock.close()
+
+
+def _check_files(settings: Settings, input_path: str, *, overwrite: bool) -> None:
+    """Refuse, before any request, a run that would write where it must not or cannot."""
+    check_run_files(
+        RunFiles(
+            input=input_path,
+            output=settings.output,
+            summary=settings.summary,
+            junit=settings.junit,
+            split_dir=settings.split_by_status,
+            split_names=split_names(),
+        )
     )
+    if settings.split_by_status is not None:
+        check_split_files(settings.split_by_status, keep=settings.resume or overwrite)
+    if settings.summary is not None:
+        check_replaceable(settings.summary, "--summary", looks_like_summary)
+    if settings.junit is not None:
+        from .junit import looks_like_junit
+
+        check_replaceable(settings.junit, "--junit", looks_like_junit)
+
+
+def _run_and_report(
+    settings: Settings,
+    source: BinaryIO,
+    lock: OutputLock | None,
+    prior: Prior,
+    secret: str | None,
+    log: FilteringBoundLogger,
+) -> int:
     stats = RunStats(fail_on=settings.fail_on)
     stats.add_prior(prior.statuses)
     if prior.done or prior.torn_bytes:
@@ -75,14 +126,20 @@ def run_settings(settings: Settings, input_path: str, *, overwrite: bool = False
             torn_bytes_cut=prior.torn_bytes,
         )
     log.info("run_started", **describe(settings))
-    source = _open_input(input_path)
-    sink = LineSink(settings.output, fsync=settings.fsync)
-    split = _split_sink(settings)
+    sink = LineSink(
+        settings.output,
+        fsync=settings.fsync,
+        secret=secret,
+        fd=None if lock is None else lock.fd,
+    )
     from . import progress
 
     live = progress.wanted(settings.progress, sys.stderr)
     view = progress.ProgressView(stats) if live else None
+    failure: BaseException | None = None
+    split: list[SplitSink] = []
     try:
+        split = _split_sink(settings, secret)
         with view or contextlib.nullcontext(), collector_tuned():
             anyio.run(
                 _run_engine,
@@ -95,27 +152,47 @@ def run_settings(settings: Settings, input_path: str, *, overwrite: bool = False
                 view,
                 backend_options=loop_options(),
             )
+    except BaseException as exc:  # reported below, once the summary and JUnit are written
+        failure = exc
     finally:
         sink.close()
-        source.close()
         for extra in split:
             extra.close()
+    code = _exit_code(stats, settings, failure)
     summary = stats.summary()
     summary["resumed"] = stats.resumed
-    code = exit_code(stats.by_status, settings.fail_on)
-    if stats.signal is not None:
-        code = 128 + stats.signal
     summary["exit_code"] = code
+    if secret is not None:
+        summary = mask_value(summary, secret)
     log.info("run_finished", **summary)
-    if settings.summary:
-        _write_summary(settings.summary, summary)
-    if settings.junit:
-        _write_junit(settings)
+    try:
+        if settings.summary:
+            _write_summary(settings.summary, summary)
+        if settings.junit:
+            _write_junit(settings, secret)
+    except InputFileError:
+        if failure is None:
+            raise
+    if failure is not None:
+        raise failure
     if sys.stderr.isatty():
         from .report import render
 
         print(render(summary, width=shutil.get_terminal_size().columns), file=sys.stderr)
     return code
+
+
+def _exit_code(stats: RunStats, settings: Settings, failure: BaseException | None) -> int:
+    """The run's exit code: a signal's 128+N, an error's own, 1 for an internal error."""
+    if stats.signal is not None:
+        return 128 + stats.signal
+    if failure is None:
+        return exit_code(stats.by_status, settings.fail_on)
+    if (error := find_error(failure, BatchpollError)) is not None:
+        return error.exit_code
+    if find_error(failure, KeyboardInterrupt) is not None:
+        return 128 + signal.SIGINT
+    return 1
 
 
 @contextlib.contextmanager
@@ -145,10 +222,10 @@ def loop_options() -> dict[str, bool]:
     return {"use_uvloop": True}
 
 
-def _split_sink(settings: Settings) -> list[SplitSink]:
+def _split_sink(settings: Settings, secret: str | None) -> list[SplitSink]:
     if settings.split_by_status is None:
         return []
-    split = SplitSink(settings.split_by_status)
+    split = SplitSink(settings.split_by_status, secret=secret)
     if settings.resume and settings.output != STDOUT:
         split.reset(read_lines(settings.output))  # OUTPUT is already repaired: one per id
     elif not settings.resume:
@@ -156,11 +233,14 @@ def _split_sink(settings: Settings) -> list[SplitSink]:
     return [split]
 
 
-def _write_junit(settings: Settings) -> None:
+def _write_junit(settings: Settings, secret: str | None) -> None:
     from .junit import write_junit
     from .report import read_records
 
-    write_junit(settings.junit or "", read_records(settings.output), settings.fail_on)
+    records = read_records(settings.output)
+    if secret is not None:
+        records = (mask_value(record, secret) for record in records)
+    write_junit(settings.junit or "", records, settings.fail_on)
 
 
 async def _run_engine(
@@ -255,16 +335,24 @@ async def _read_chunks(source: BinaryIO) -> AsyncIterator[bytes]:
 
 async def _skip_done(items: AsyncIterator[Item], done: set[str]) -> AsyncIterator[Item]:
     async for item in items:
-        key = item if isinstance(item, str) else item.text
-        if key not in done:
+        if item_key(item) not in done:
             yield item
 
 
 def _write_summary(path: str, summary: dict[str, Any]) -> None:
     try:
-        Path(path).write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2) + b"\n")
+        replace_file(path, [orjson.dumps(summary, option=orjson.OPT_INDENT_2) + b"\n"])
     except OSError as exc:
-        raise InputFileError(f"cannot write summary {path}: {exc.strerror}") from None
+        raise InputFileError(f"cannot write summary {path}: {exc.strerror or exc}") from None
+
+
+def looks_like_summary(head: bytes) -> bool:
+    """Whether a file's first bytes are a summary batchpoll wrote (so it may replace it)."""
+    try:
+        data = orjson.loads(head)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(data, dict) and "exit_code" in data and "by_status" in data
 
 
 # -- simulate and demo -------------------------------------------------------------------------

@@ -10,12 +10,30 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from batchpoll.errors import InputFileError
+from batchpoll.outfiles import OutputLock
 from batchpoll.records import Record
-from batchpoll.sink import LineSink, SplitSink, prepare_output
+from batchpoll.sink import LineSink, Prior, SplitSink, prepare_output
 
 
 def rec(pid: str, status: str = "completed") -> bytes:
     return Record(progress_id=pid, status=status).to_json_line()
+
+
+def prepare(
+    path: Path,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    retry: frozenset[str] = frozenset(),
+) -> Prior:
+    """prepare_output as a run calls it: with OUTPUT locked for the call."""
+    lock = OutputLock(str(path), "output")
+    try:
+        return prepare_output(
+            str(path), lock, resume=resume, overwrite=overwrite, retry_statuses=retry
+        )
+    finally:
+        lock.close()
 
 
 @pytest.mark.anyio
@@ -37,9 +55,7 @@ def test_missing_or_empty_output_is_fine(tmp_path: Path) -> None:
     """Nothing to keep and nothing to refuse when OUTPUT is missing or empty."""
     (tmp_path / "empty").write_bytes(b"")
     for name in ("missing", "empty"):
-        prior = prepare_output(
-            str(tmp_path / name), resume=False, overwrite=False, retry_statuses=()
-        )
+        prior = prepare(tmp_path / name)
         assert prior.done == set()
 
 
@@ -48,9 +64,9 @@ def test_non_empty_output_is_refused_or_emptied(tmp_path: Path) -> None:
     path = tmp_path / "out.jsonl"
     path.write_bytes(rec("a"))
     with pytest.raises(InputFileError, match=r"--resume.*--overwrite"):
-        prepare_output(str(path), resume=False, overwrite=False, retry_statuses=())
+        prepare(path)
     assert path.read_bytes() == rec("a")
-    prepare_output(str(path), resume=False, overwrite=True, retry_statuses=())
+    prepare(path, overwrite=True)
     assert path.read_bytes() == b""
 
 
@@ -58,7 +74,7 @@ def test_resume_cuts_a_torn_last_line(tmp_path: Path) -> None:
     """A last line without its newline (killed mid-write) is cut; whole records are kept."""
     path = tmp_path / "out.jsonl"
     path.write_bytes(rec("a") + rec("b") + rec("c")[:20])
-    prior = prepare_output(str(path), resume=True, overwrite=False, retry_statuses=())
+    prior = prepare(path, resume=True)
     assert prior.done == {"a", "b"}
     assert prior.torn_bytes == 20
     assert path.read_bytes() == rec("a") + rec("b")
@@ -68,19 +84,58 @@ def test_resume_drops_retry_statuses_and_duplicates(tmp_path: Path) -> None:
     """Records in --retry-statuses are dropped to be polled again; a repeated id is kept once."""
     path = tmp_path / "out.jsonl"
     path.write_bytes(rec("a") + rec("b", "error") + rec("a") + rec("c", "timed_out"))
-    prior = prepare_output(str(path), resume=True, overwrite=False, retry_statuses={"error"})
+    prior = prepare(path, resume=True, retry=frozenset({"error"}))
     assert prior.done == {"a", "c"}
     assert prior.statuses == {"completed": 1, "timed_out": 1}
     assert path.read_bytes() == rec("a") + rec("c", "timed_out")
 
 
-def test_resume_drops_lines_that_are_not_records(tmp_path: Path) -> None:
-    """Garbage lines in the middle are dropped, so the file stays one record per id."""
+@pytest.mark.parametrize(
+    ("body", "line"),
+    [
+        (rec("a") + b"garbage\n" + rec("b"), 2),
+        (b"[1]\n" + rec("a"), 1),
+        (rec("a") + b"\n" + rec("b"), 2),
+        (rec("a") + b'{"progress_id": "x", "status": "unheard_of"}\n', 2),
+        (b"id-1\nid-2\n", 1),
+    ],
+    ids=["garbage", "json-array", "blank-line", "unknown-status", "an-ids-file"],
+)
+def test_resume_refuses_a_file_with_a_line_that_is_not_a_record(
+    tmp_path: Path, body: bytes, line: int
+) -> None:
+    """--resume refuses OUTPUT holding a line that is not a record, names it, and leaves it."""
     path = tmp_path / "out.jsonl"
-    path.write_bytes(rec("a") + b"garbage\n" + b"[1]\n" + rec("b"))
-    prior = prepare_output(str(path), resume=True, overwrite=False, retry_statuses=())
-    assert prior.done == {"a", "b"}
-    assert path.read_bytes() == rec("a") + rec("b")
+    path.write_bytes(body)
+    for mode in ({"resume": True}, {"overwrite": True}):
+        with pytest.raises(InputFileError, match=rf"line {line} is not a batchpoll record"):
+            prepare(path, **mode)  # type: ignore[arg-type]
+        assert path.read_bytes() == body
+
+
+@pytest.mark.parametrize(
+    "tail",
+    [b"id-without-newline", b"[1, 2", b'{"status": "completed"'],
+    ids=["ids-line", "json", "other-key-first"],
+)
+def test_resume_refuses_a_torn_tail_batchpoll_cannot_have_written(
+    tmp_path: Path, tail: bytes
+) -> None:
+    """A last line without its newline is cut only when it is the start of a record."""
+    path = tmp_path / "out.jsonl"
+    path.write_bytes(rec("a") + tail)
+    with pytest.raises(InputFileError, match="not the start of a batchpoll record"):
+        prepare(path, resume=True)
+    assert path.read_bytes() == rec("a") + tail
+
+
+def test_a_single_id_without_newline_is_never_taken_for_a_torn_record(tmp_path: Path) -> None:
+    """A one-line ids file without a final newline, given as OUTPUT, is refused, not emptied."""
+    path = tmp_path / "ids.txt"
+    path.write_bytes(b"abc")
+    with pytest.raises(InputFileError):
+        prepare(path, resume=True)
+    assert path.read_bytes() == b"abc"
 
 
 def test_unopenable_output_is_an_input_file_error(tmp_path: Path) -> None:
@@ -102,10 +157,10 @@ def test_unopenable_output_is_an_input_file_error(tmp_path: Path) -> None:
 @settings(
     max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
-def test_resume_reader_never_crashes_or_loses_a_whole_record(
+def test_resume_either_keeps_every_record_once_or_changes_nothing(
     tmp_path: Path, parts: list[tuple[str, object]], tail: bytes
 ) -> None:
-    """Over arbitrary bytes, every whole record line survives once and the file ends whole."""
+    """Over arbitrary bytes, a resume keeps every whole record once, or refuses untouched."""
     path = tmp_path / "out.jsonl"
     data, expected = b"", []
     for kind, value in parts:
@@ -117,13 +172,18 @@ def test_resume_reader_never_crashes_or_loses_a_whole_record(
         else:
             assert isinstance(value, bytes)
             data += value.replace(b"\n", b"") + b"\n"
-    path.write_bytes(data + tail.replace(b"\n", b""))
-    prior = prepare_output(str(path), resume=True, overwrite=False, retry_statuses=())
+    data += tail.replace(b"\n", b"")
+    path.write_bytes(data)
+    try:
+        prior = prepare(path, resume=True)
+    except InputFileError:
+        assert path.read_bytes() == data
+        return
     kept = path.read_bytes()
-    assert kept == b"" or kept.endswith(b"\n")
+    assert kept == b"".join(rec(pid) for pid in expected)
     ids = [orjson.loads(line)["progress_id"] for line in kept.splitlines()]
-    assert len(ids) == len(set(ids)) == len(prior.done)
-    assert set(expected) <= prior.done
+    assert ids == expected
+    assert len(ids) == len(prior.done)
 
 
 @pytest.mark.anyio
@@ -143,7 +203,7 @@ async def test_gzip_output_is_one_member_per_batch_and_resume_cuts_a_torn_member
     ] == ["a", "b"]
     torn = gzip.compress(rec("c"))[:-9]
     path.write_bytes(path.read_bytes() + torn)
-    prior = prepare_output(str(path), resume=True, overwrite=False, retry_statuses=())
+    prior = prepare(path, resume=True)
     assert prior.done == {"a", "b"}
     assert prior.torn_bytes == len(torn)
     assert gzip.decompress(path.read_bytes()) == rec("a") + rec("b", "failed")
@@ -155,7 +215,7 @@ def test_overwriting_a_gzip_output_leaves_an_empty_file(tmp_path: Path) -> None:
 
     path = tmp_path / "out.jsonl.gz"
     path.write_bytes(gzip.compress(rec("a")))
-    prepare_output(str(path), resume=False, overwrite=True, retry_statuses=())
+    prepare(path, overwrite=True)
     assert path.read_bytes() == b""
 
 

@@ -1,0 +1,329 @@
+"""The files a run writes: which ones it may touch, one writer each, and replacing one whole.
+
+batchpoll truncates, replaces or deletes only what it can prove it wrote. Before the first
+request ``check_run_files`` refuses (``InputFileError``, exit 2) any plan that would write over
+the input or over another of its own files, or into a place it cannot write; the callers prove
+a file's contents are batchpoll's (``sink.scan_output`` for records). ``OutputLock`` makes a
+file one run's for as long as the run lasts, and ``replace_file`` swaps a file's contents
+without changing what the file is: a symlink stays a link, mode and owner are kept, and no
+temporary file outlives a failure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import stat
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Final
+
+from .errors import InputFileError
+
+STDIO: Final = "-"
+_TMP_SUFFIX: Final = ".batchpoll-tmp"
+
+#: A file's identity: (device, inode). Two paths name the same file when these are equal,
+#: whatever the spelling, symlinks and hard links included.
+FileId = tuple[int, int]
+
+
+def file_id(path: str) -> FileId | None:
+    """The identity of the file *path* names (links followed), or None when there is none."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def fd_id(fd: int) -> FileId | None:
+    """The identity of what descriptor *fd* is open on, or None when it is not open."""
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _stdio_id(path: str, fd: int) -> FileId | None:
+    """What *path* is: for ``-``, the file behind standard input/output (if a regular file)."""
+    if path != STDIO:
+        return file_id(path)
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        return None
+    # A pipe or terminal cannot be another of our files; only a redirect to a file can.
+    return (st.st_dev, st.st_ino) if stat.S_ISREG(st.st_mode) else None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunFiles:
+    """Every path one run reads or writes; ``-`` is standard input (input) or output (output)."""
+
+    input: str
+    output: str
+    summary: str | None = None
+    junit: str | None = None
+    split_dir: str | None = None
+    split_names: tuple[str, ...] = ()  # the file names the split directory may hold
+
+
+def check_run_files(files: RunFiles) -> None:
+    """Refuse a plan in which one file plays two parts, or a report cannot be written.
+
+    Raises ``InputFileError`` naming both parts. Reads nothing and writes nothing but a
+    probe file, created and removed at once, in each report's directory.
+    """
+    named: list[tuple[str, str, FileId | None]] = [
+        ("the input", files.input, _stdio_id(files.input, 0)),
+        ("OUTPUT", files.output, _stdio_id(files.output, 1)),
+    ]
+    for part, path in (("--summary", files.summary), ("--junit", files.junit)):
+        if path is not None:
+            named.append((part, path, file_id(path)))
+    if files.split_dir is not None:
+        for name in files.split_names:
+            path = os.path.join(files.split_dir, name)
+            named.append((f"--split-by-status file {name}", path, file_id(path)))
+    _refuse_doubles(named)
+    if files.split_dir is not None:
+        _refuse_inside(files.split_dir, named)
+        _check_directory(files.split_dir, "--split-by-status")
+    for part, path in (("--summary", files.summary), ("--junit", files.junit)):
+        if path is not None:
+            _check_writable(path, part)
+
+
+def _refuse_doubles(named: list[tuple[str, str, FileId | None]]) -> None:
+    seen: dict[FileId, tuple[str, str]] = {}
+    spelt: dict[str, str] = {}
+    for part, path, identity in named:
+        where = os.path.realpath(path) if path != STDIO else None
+        if where is not None and where in spelt:
+            raise InputFileError(f"{part} {path} is also {spelt[where]}: give each its own file")
+        if identity is not None:
+            if identity in seen:
+                other, other_path = seen[identity]
+                raise InputFileError(
+                    f"{part} {path} is the same file as {other} {other_path}: "
+                    "give each its own file"
+                )
+            seen[identity] = (part, path)
+        if where is not None:
+            spelt[where] = f"{part} {path}"
+
+
+def _refuse_inside(directory: str, named: list[tuple[str, str, FileId | None]]) -> None:
+    """The split directory may hold only its status files, not the input, OUTPUT or a report."""
+    home = file_id(directory)
+    if home is None:
+        return  # made later; nothing can be in it yet
+    for part, path, _ in named:
+        if path == STDIO or part.startswith("--split"):
+            continue
+        if file_id(os.path.dirname(os.path.abspath(path)) or ".") == home:
+            raise InputFileError(
+                f"--split-by-status {directory} holds {part} {path}: give the split files a "
+                "directory of their own"
+            )
+
+
+def _check_directory(directory: str, part: str) -> None:
+    if os.path.isdir(directory):
+        if not os.access(directory, os.W_OK | os.X_OK):
+            raise InputFileError(f"{part} {directory}: cannot write in this directory")
+        return
+    if os.path.lexists(directory):
+        raise InputFileError(f"{part} {directory}: exists and is not a directory")
+    parent = os.path.dirname(os.path.abspath(directory))
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
+        raise InputFileError(f"{part} {directory}: cannot create it (no writable parent)")
+
+
+def _check_writable(path: str, part: str) -> None:
+    """That a file can be put at *path* the way ``replace_file`` puts it: a probe in its
+    directory, and no directory (or other non-file) already standing there."""
+    target = os.path.realpath(path)
+    if os.path.exists(target) and not os.path.isfile(target):
+        raise InputFileError(f"cannot write {part} {path}: it exists and is not a regular file")
+    directory = os.path.dirname(target)
+    try:
+        fd, probe = _create_sibling(target)
+    except OSError as exc:
+        raise InputFileError(
+            f"cannot write {part} {path}: {exc.strerror or exc} (in {directory})"
+        ) from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+#: How much of a report file is read to tell whether batchpoll wrote it.
+PROOF_BYTES: Final = 16 * 1024 * 1024
+
+
+def check_replaceable(path: str, part: str, looks_ours: Callable[[bytes], bool]) -> None:
+    """Refuse (``InputFileError``) to replace a non-empty *path* that *looks_ours* does not
+    recognise from its first ``PROOF_BYTES``: batchpoll replaces only what it wrote."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(PROOF_BYTES)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise InputFileError(f"cannot read {part} {path}: {exc.strerror or exc}") from None
+    if head and not looks_ours(head):
+        raise InputFileError(
+            f"{part} {path} exists and is not a file batchpoll wrote: batchpoll replaces only "
+            "its own files, so give another path (or remove that file yourself)"
+        )
+
+
+def _create_sibling(target: str) -> tuple[int, str]:
+    """A new, empty, private file next to *target*; its descriptor and path."""
+    for n in range(100):
+        tmp = f"{target}.{os.getpid()}.{n}{_TMP_SUFFIX}"
+        try:
+            return os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no free temporary name", target)
+
+
+def replace_file(
+    path: str,
+    chunks: Iterable[bytes],
+    *,
+    keep_open: Callable[[int], None] | None = None,
+) -> None:
+    """Make *path*'s contents *chunks*, all or nothing (written beside it, fsynced, renamed).
+
+    What *path* is stays: a symlink keeps pointing where it did and its target gets the
+    contents; an existing file's mode (and owner, where the process may set it) carries over;
+    a new file gets 0o644 less the umask. No temporary file survives any failure, an
+    interrupt included. *keep_open*, if given, receives the new file's descriptor (open for
+    reading and writing) before the rename and owns it afterwards: ``OutputLock`` takes its
+    lock there, so the replaced file is never unlocked for a moment. Raises ``OSError``.
+    """
+    target = os.path.realpath(path)
+    try:
+        before: os.stat_result | None = os.stat(target)
+    except FileNotFoundError:
+        before = None
+    fd, tmp = _create_sibling(target)
+    handed_over = False
+    try:
+        if before is not None:
+            os.fchmod(fd, stat.S_IMODE(before.st_mode))
+            with contextlib.suppress(PermissionError):
+                os.fchown(fd, before.st_uid, before.st_gid)
+        else:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.fchmod(fd, 0o644 & ~umask)
+        for chunk in chunks:
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(fd, view) :]
+        os.fsync(fd)
+        if keep_open is not None:
+            keep_open(fd)
+            handed_over = True
+        os.replace(tmp, target)
+        tmp = ""
+        _fsync_directory(os.path.dirname(target))
+    finally:
+        if not handed_over:
+            os.close(fd)
+        if tmp:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+
+def _fsync_directory(directory: str) -> None:
+    # The rename is durable only once the directory is; some file systems refuse, harmlessly.
+    with contextlib.suppress(OSError):
+        dir_fd = os.open(directory or ".", os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+class OutputLock:
+    """An exclusive ``flock`` on a file (or directory) for the life of one run.
+
+    The lock is on the file itself (the inode), so every spelling of its path and every hard
+    link meets it, and the kernel drops it when the process dies, so a killed run never
+    blocks the next ``--resume``. When the file is replaced (``replace_file``), the new file is
+    locked before it takes the old one's place.
+    """
+
+    __slots__ = ("_fd", "part", "path")
+
+    def __init__(self, path: str, part: str, *, directory: bool = False) -> None:
+        """Open (creating a missing file) and lock *path*; *part* names it in messages.
+
+        Raises ``InputFileError`` when another process holds the lock, naming its pid.
+        """
+        self.path = path
+        self.part = part
+        flags = os.O_RDONLY if directory else os.O_RDWR | os.O_CREAT | os.O_APPEND
+        try:
+            fd = os.open(path, flags | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise InputFileError(f"cannot open {part} {path}: {exc.strerror or exc}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _lock_holder(fd)
+            os.close(fd)
+            who = f"process {holder}" if holder is not None else "another process"
+            raise InputFileError(
+                f"{part} {path} is being written by {who} (another batchpoll run?): wait for "
+                "it to end, or give this run another file"
+            ) from None
+        except OSError as exc:
+            os.close(fd)
+            raise InputFileError(f"cannot lock {part} {path}: {exc.strerror or exc}") from None
+        self._fd = fd
+
+    @property
+    def fd(self) -> int:
+        """The locked descriptor (for a file: open for appending)."""
+        return self._fd
+
+    def adopt(self, fd: int) -> None:
+        """Lock *fd*, a replacement about to be renamed over the file, and hold it instead.
+
+        Nobody else can have it locked: only this process knows the temporary file.
+        """
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_APPEND)
+        old, self._fd = self._fd, fd
+        os.close(old)
+
+    def close(self) -> None:
+        """Let the file go (closing the descriptor drops the lock)."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+def _lock_holder(fd: int) -> int | None:
+    """The pid holding a ``flock`` on *fd*'s file, from Linux's ``/proc/locks``; else None."""
+    st = os.fstat(fd)
+    wanted = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    try:
+        with open("/proc/locks", encoding="ascii", errors="replace") as f:
+            for line in f:
+                # "1: FLOCK  ADVISORY  WRITE 4982 fe:00:2148870 0 EOF"; "->" marks a waiter.
+                fields = line.split()
+                if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == wanted:
+                    return int(fields[4])
+    except (OSError, ValueError):
+        return None
+    return None

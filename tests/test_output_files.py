@@ -1,0 +1,282 @@
+"""Only what batchpoll wrote is ever cut, replaced or emptied; one run per OUTPUT; every way out
+leaves the records, the summary and JUnit behind. Real processes against the simulator."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import sys
+from pathlib import Path
+
+import anyio
+import orjson
+import pytest
+from helpers import KEY
+from test_cli import FAST, batchpoll, ids_ending, lines, write_ids
+
+from batchpoll.simulator import SimSettings, Simulator, running_simulator
+
+pytestmark = pytest.mark.anyio
+
+SIM = SimSettings(seed=11, api_key=KEY, min_polls=1, max_polls=2)
+
+
+def run(sim: Simulator, ids: Path | str, *extra: str) -> list[str]:
+    return ["run", str(ids), "--base-url", sim.url, *FAST, *extra]
+
+
+def leftovers(*folders: Path) -> list[str]:
+    return [p.name for d in folders for p in d.iterdir() if "batchpoll-tmp" in p.name]
+
+
+async def test_split_dir_holding_output_and_input_is_refused_untouched(tmp_path: Path) -> None:
+    """--split-by-status on the directory of OUTPUT and the input: exit 2, no file changed."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "ids.jsonl").write_bytes(b"cli-1\ncli-2\n")
+    (out / "precious.jsonl").write_bytes(b'{"a":1}\n')
+    (out / "results.jsonl").write_bytes(b"")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    async with running_simulator(SIM) as sim:
+        args = run(sim, out / "ids.jsonl", "-o", str(out / "results.jsonl"))
+        code, _, err = await batchpoll([*args, "--split-by-status", str(out)], tmp_path)
+        assert sim.stats.requests == 0
+    assert code == 2, err
+    assert b"--split-by-status" in err
+    assert b"holds" in err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+async def test_split_touches_only_status_files_and_refuses_a_foreign_one(tmp_path: Path) -> None:
+    """Other *.jsonl in DIR are left alone; a <status>.jsonl that is not records is refused."""
+    ids = write_ids(tmp_path, ids_ending("completed", 3))
+    split = tmp_path / "split"
+    split.mkdir()
+    (split / "precious.jsonl").write_bytes(b'{"a":1}\n')
+    (split / "completed.jsonl").write_bytes(b"my notes\n")
+    async with running_simulator(SIM) as sim:
+        args = [*run(sim, ids, "-o", str(tmp_path / "r.jsonl")), "--split-by-status", str(split)]
+        code, _, err = await batchpoll(args, tmp_path)
+        assert (code, sim.stats.requests) == (2, 0), err
+        assert b"completed.jsonl: line 1 is not a batchpoll record" in err
+        assert (split / "completed.jsonl").read_bytes() == b"my notes\n"
+        (split / "completed.jsonl").unlink()
+        code, _, err = await batchpoll(args, tmp_path)
+    assert code == 0, err
+    assert (split / "precious.jsonl").read_bytes() == b'{"a":1}\n'
+    assert len(lines((split / "completed.jsonl").read_bytes())) == 3
+
+
+@pytest.mark.parametrize("mode", [[], ["--resume"], ["--overwrite"]], ids=["plain", "resume", "ow"])
+@pytest.mark.parametrize("spelling", ["same", "symlink", "hardlink"])
+async def test_output_that_is_the_input_is_refused_in_every_mode(
+    tmp_path: Path, mode: list[str], spelling: str
+) -> None:
+    """OUTPUT naming the input file by any path (itself, a symlink, a hard link): exit 2."""
+    ids = write_ids(tmp_path, ["cli-1", "cli-2"])
+    out = tmp_path / "out.jsonl"
+    if spelling == "same":
+        out = ids
+    elif spelling == "symlink":
+        out.symlink_to(ids)
+    else:
+        os.link(ids, out)
+    async with running_simulator(SIM) as sim:
+        code, _, err = await batchpoll([*run(sim, ids, "-o", str(out)), *mode], tmp_path)
+        assert sim.stats.requests == 0
+    assert code == 2, err
+    assert ids.read_bytes() == b"cli-1\ncli-2\n"
+
+
+async def test_resume_of_an_ids_file_as_output_names_the_line_and_keeps_it(
+    tmp_path: Path,
+) -> None:
+    """--resume onto a file of ids (not records) is refused with its line number, untouched."""
+    ids = write_ids(tmp_path, ["cli-1"])
+    other = tmp_path / "other.txt"
+    other.write_bytes(b"# my ids\ncli-9\n")
+    async with running_simulator(SIM) as sim:
+        code, _, err = await batchpoll([*run(sim, ids, "-o", str(other)), "--resume"], tmp_path)
+        assert sim.stats.requests == 0
+    assert code == 2
+    assert b"line 1 is not a batchpoll record" in err
+    assert other.read_bytes() == b"# my ids\ncli-9\n"
+
+
+@pytest.mark.parametrize(
+    ("flag", "target"),
+    [("--summary", "input"), ("--summary", "output"), ("--junit", "input"), ("--junit", "output")],
+)
+async def test_a_report_file_that_is_output_or_input_is_refused(
+    tmp_path: Path, flag: str, target: str
+) -> None:
+    """--summary or --junit naming OUTPUT or the input (through a symlink too): exit 2."""
+    ids = write_ids(tmp_path, ["cli-1"])
+    out = tmp_path / "out.jsonl"
+    link = tmp_path / "report-link"
+    link.symlink_to(ids if target == "input" else out)
+    async with running_simulator(SIM) as sim:
+        code, _, err = await batchpoll([*run(sim, ids, "-o", str(out)), flag, str(link)], tmp_path)
+        assert sim.stats.requests == 0
+    assert code == 2, err
+    assert b"same file" in err or b"is also" in err
+    assert ids.read_bytes() == b"cli-1\n"
+
+
+@pytest.mark.parametrize(
+    "problem", ["missing-dir", "a-directory", "foreign-file"], ids=lambda p: str(p)
+)
+@pytest.mark.parametrize("flag", ["--summary", "--junit"])
+async def test_an_unwritable_report_path_is_refused_before_any_request(
+    tmp_path: Path, flag: str, problem: str
+) -> None:
+    """A --summary/--junit path that cannot be written, or is not ours, is exit 2 at start."""
+    ids = write_ids(tmp_path, ids_ending("completed", 2))
+    path = tmp_path / "report"
+    if problem == "missing-dir":
+        path = tmp_path / "no" / "such" / "report"
+    elif problem == "a-directory":
+        path.mkdir()
+    else:
+        path.write_bytes(b"my own notes\n")
+    async with running_simulator(SIM) as sim:
+        args = [*run(sim, ids, "-o", str(tmp_path / "out.jsonl")), flag, str(path)]
+        code, _, err = await batchpoll(args, tmp_path)
+        assert sim.stats.requests == 0
+    assert code == 2, err
+    if problem == "foreign-file":
+        assert path.read_bytes() == b"my own notes\n"
+
+
+async def test_a_second_run_on_the_same_output_is_refused_naming_the_first(
+    tmp_path: Path,
+) -> None:
+    """Two runs on one OUTPUT, however spelt: the second exits 2 naming the first's pid; after
+    the first is killed (-9), --resume takes the file at once."""
+    slow = SimSettings(seed=11, api_key=KEY, min_polls=50, max_polls=60, latency=0.05)
+    ids = write_ids(tmp_path, [f"cli-{i}" for i in range(5)])
+    out = tmp_path / "out.jsonl"
+    (tmp_path / "sub").mkdir()
+    other_spelling = tmp_path / "sub" / ".." / "out-link"
+    (tmp_path / "out-link").symlink_to(out)
+    async with running_simulator(slow) as sim:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("BATCHPOLL_", "CEKURA_"))}
+        env |= {"HOME": str(tmp_path), "CEKURA_API_KEY": KEY}
+        first_cmd = [sys.executable, "-m", "batchpoll", *run(sim, ids, "-o", str(out))]
+        async with await anyio.open_process(first_cmd, env=env) as first:
+            with anyio.fail_after(20):
+                await sim.wait_until(lambda st: st.requests >= 1)
+            code, _, err = await batchpoll(run(sim, ids, "-o", str(other_spelling)), tmp_path)
+            assert code == 2, err
+            assert f"process {first.pid}".encode() in err
+            first.send_signal(signal.SIGKILL)
+            await first.wait()
+        fast = [*run(sim, ids, "-o", str(out), "--resume", "--deadline", "0.5")]
+        code, _, err = await batchpoll(fast, tmp_path)
+    assert code in (0, 1), err  # it ran: the killed run's lock is gone
+    assert b"being written by" not in err
+
+
+async def test_a_repair_keeps_a_symlinked_output_a_link_with_its_mode(tmp_path: Path) -> None:
+    """--resume that rewrites OUTPUT writes through its symlink, keeps the mode, leaves no tmp."""
+    ids = ids_ending("completed", 3)
+    target_dir = tmp_path / "real"
+    target_dir.mkdir()
+    target = target_dir / "results.jsonl"
+    link = tmp_path / "out.jsonl"
+    link.symlink_to(target)
+    records = [
+        orjson.dumps({"progress_id": ids[0], "status": "error"}) + b"\n",
+        orjson.dumps({"progress_id": ids[1], "status": "completed"}) + b"\n",
+    ]
+    target.write_bytes(b"".join(records))
+    target.chmod(0o600)
+    async with running_simulator(SIM) as sim:
+        args = run(sim, write_ids(tmp_path, ids), "-o", str(link), "--resume")
+        code, _, err = await batchpoll([*args, "--retry-statuses", "error"], tmp_path)
+    assert code == 0, err
+    assert link.is_symlink()
+    assert link.resolve() == target
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+    got = lines(target.read_bytes())
+    assert sorted(str(r["progress_id"]) for r in got) == sorted(ids)
+    assert {r["status"] for r in got} == {"completed"}
+    assert leftovers(tmp_path, target_dir) == []
+
+
+async def test_overwrite_empties_output_in_place(tmp_path: Path) -> None:
+    """--overwrite keeps the file itself (inode, mode, hard links) and only empties it."""
+    ids = ids_ending("completed", 2)
+    out = tmp_path / "out.jsonl"
+    out.write_bytes(orjson.dumps({"progress_id": "old", "status": "failed"}) + b"\n")
+    out.chmod(0o640)
+    os.link(out, tmp_path / "also-out.jsonl")
+    inode = out.stat().st_ino
+    async with running_simulator(SIM) as sim:
+        args = run(sim, write_ids(tmp_path, ids), "-o", str(out), "--overwrite")
+        code, _, err = await batchpoll(args, tmp_path)
+    assert code == 0, err
+    assert out.stat().st_ino == inode
+    assert stat.S_IMODE(out.stat().st_mode) == 0o640
+    assert (tmp_path / "also-out.jsonl").read_bytes() == out.read_bytes()
+    assert sorted(str(r["progress_id"]) for r in lines(out.read_bytes())) == sorted(ids)
+
+
+async def test_a_refused_key_still_leaves_summary_and_junit(tmp_path: Path) -> None:
+    """Exit 3 (key refused): the summary and JUnit are written all the same, saying 3."""
+    ids = write_ids(tmp_path, ids_ending("completed", 2))
+    summary, junit = tmp_path / "summary.json", tmp_path / "junit.xml"
+    async with running_simulator(SIM) as sim:
+        args = [*run(sim, ids, "-o", str(tmp_path / "out.jsonl")), "--summary", str(summary)]
+        code, _, err = await batchpoll(
+            [*args, "--junit", str(junit)], tmp_path, env={"CEKURA_API_KEY": "wrong-key"}
+        )
+    assert code == 3, err
+    assert json.loads(summary.read_bytes())["exit_code"] == 3
+    assert junit.read_bytes().startswith(b"<?xml")
+
+
+async def test_a_signal_still_leaves_the_summary(tmp_path: Path) -> None:
+    """SIGTERM: exit 143 with a summary that says so; a rerun may replace that summary."""
+    slow = SimSettings(seed=11, api_key=KEY, min_polls=50, max_polls=60, latency=0.05)
+    ids = write_ids(tmp_path, [f"cli-{i}" for i in range(5)])
+    summary = tmp_path / "summary.json"
+    async with running_simulator(slow) as sim:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("BATCHPOLL_", "CEKURA_"))}
+        env |= {"HOME": str(tmp_path), "CEKURA_API_KEY": KEY}
+        cmd = [sys.executable, "-m", "batchpoll", *run(sim, ids, "-o", str(tmp_path / "o.jsonl"))]
+        async with await anyio.open_process([*cmd, "--summary", str(summary)], env=env) as proc:
+            with anyio.fail_after(20):
+                await sim.wait_until(lambda st: st.requests >= 1)
+            proc.send_signal(signal.SIGTERM)
+            with anyio.fail_after(5):
+                assert await proc.wait() == 143
+    facts = json.loads(summary.read_bytes())
+    assert (facts["exit_code"], facts["stopped_by_signal"]) == (143, signal.SIGTERM)
+
+
+async def test_an_invalid_line_never_swallows_a_valid_id(tmp_path: Path) -> None:
+    """`{x` (invalid JSON) and the id "{x" get a record each; --resume finds both again."""
+    ids = tmp_path / "ids.txt"
+    ids.write_bytes(b'{x\n{"progress_id":"{x"}\n' + b"z" * 299 + b"1\n" + b"z" * 299 + b"2\n")
+    out = tmp_path / "out.jsonl"
+    async with running_simulator(SIM) as sim:
+        code, _, err = await batchpoll(
+            [*run(sim, ids, "-o", str(out)), "--fail-on", "none"], tmp_path
+        )
+        assert code == 0, err
+        assert sim.stats.requests >= 1
+        got = lines(out.read_bytes())
+        curly = sorted(r["status"] == "invalid_input" for r in got if r["progress_id"] == "{x")
+        assert curly == [False, True]
+        invalid = [r for r in got if r["status"] == "invalid_input"]
+        assert len(invalid) == 3
+        assert len({r["input_sha256"] for r in invalid}) == 3
+        assert sorted(r["input_line"] for r in invalid) == [1, 3, 4]
+        before = sim.stats.requests
+        code, _, err = await batchpoll([*run(sim, ids, "-o", str(out)), "--resume"], tmp_path)
+        assert code == 1, err  # invalid_input is in the default --fail-on
+        assert sim.stats.requests == before
+    assert len(lines(out.read_bytes())) == 4
