@@ -277,7 +277,9 @@ class OutputLock:
         except OSError as exc:
             raise InputFileError(f"cannot open {part} {path}: {exc.strerror or exc}") from None
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            # A device or a FIFO (-o /dev/null) holds nothing to write twice; two runs may share it.
+            if directory or stat.S_ISREG(os.fstat(fd).st_mode):
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = _lock_holder(fd)
             os.close(fd)

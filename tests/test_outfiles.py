@@ -81,3 +81,11 @@ def test_two_parts_on_one_file_are_refused(tmp_path: Path) -> None:
     os.link(ids, tmp_path / "out.jsonl")
     with pytest.raises(InputFileError, match="same file as the input"):
         check_run_files(RunFiles(input=str(ids), output=str(tmp_path / "out.jsonl")))
+
+
+def test_a_device_is_never_locked(tmp_path: Path) -> None:
+    """Two runs may both write to /dev/null: only regular files and directories are locked."""
+    first = OutputLock(os.devnull, "output")
+    second = OutputLock(os.devnull, "output")
+    first.close()
+    second.close()

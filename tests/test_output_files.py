@@ -90,6 +90,21 @@ async def test_output_that_is_the_input_is_refused_in_every_mode(
     assert ids.read_bytes() == b"cli-1\ncli-2\n"
 
 
+async def test_stdin_redirected_from_output_is_refused(tmp_path: Path) -> None:
+    """`run - -o out.jsonl < out.jsonl`: the input is OUTPUT through a redirect; exit 2."""
+    out = tmp_path / "out.jsonl"
+    out.write_bytes(orjson.dumps({"progress_id": "a", "status": "completed"}) + b"\n")
+    async with running_simulator(SIM) as sim:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("BATCHPOLL_", "CEKURA_"))}
+        env |= {"HOME": str(tmp_path), "CEKURA_API_KEY": KEY}
+        cmd = [sys.executable, "-m", "batchpoll", *run(sim, "-", "-o", str(out), "--resume")]
+        with out.open("rb") as stdin:
+            proc = await anyio.run_process(cmd, stdin=stdin, env=env, check=False)
+        assert sim.stats.requests == 0
+    assert proc.returncode == 2, proc.stderr
+    assert b"same file" in proc.stderr
+
+
 async def test_resume_of_an_ids_file_as_output_names_the_line_and_keeps_it(
     tmp_path: Path,
 ) -> None:
@@ -280,3 +295,27 @@ async def test_an_invalid_line_never_swallows_a_valid_id(tmp_path: Path) -> None
         assert code == 1, err  # invalid_input is in the default --fail-on
         assert sim.stats.requests == before
     assert len(lines(out.read_bytes())) == 4
+
+
+def test_an_internal_error_still_writes_the_summary_then_raises(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug inside the run (here: the engine raising) still leaves a summary saying exit 1."""
+    from dataclasses import replace
+
+    from helpers import FAST as SETTINGS
+
+    from batchpoll import runner
+
+    async def broken(*_args: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(runner, "_run_engine", broken)
+    ids = write_ids(tmp_path, ["a"])
+    summary = tmp_path / "summary.json"
+    settings = replace(
+        SETTINGS, output=str(tmp_path / "o.jsonl"), summary=str(summary), progress=False
+    )
+    with pytest.raises(RuntimeError, match="a bug"):
+        runner.run_settings(settings, str(ids))
+    assert json.loads(summary.read_bytes())["exit_code"] == 1
