@@ -264,16 +264,20 @@ class OutputLock:
 
     __slots__ = ("_fd", "part", "path")
 
-    def __init__(self, path: str, part: str, *, directory: bool = False) -> None:
+    def __init__(
+        self, path: str, part: str, *, directory: bool = False, fd: int | None = None
+    ) -> None:
         """Open (creating a missing file) and lock *path*; *part* names it in messages.
 
-        Raises ``InputFileError`` when another process holds the lock, naming its pid.
+        With *fd*, lock the file that descriptor is open on (standard output redirected to a
+        file, say) instead of opening *path*. Raises ``InputFileError`` when another process
+        holds the lock, naming its pid.
         """
         self.path = path
         self.part = part
         flags = os.O_RDONLY if directory else os.O_RDWR | os.O_CREAT | os.O_APPEND
         try:
-            fd = os.open(path, flags | os.O_CLOEXEC, 0o644)
+            fd = os.dup(fd) if fd is not None else os.open(path, flags | os.O_CLOEXEC, 0o644)
         except OSError as exc:
             raise InputFileError(f"cannot open {part} {path}: {exc.strerror or exc}") from None
         try:

@@ -11,6 +11,7 @@ import math
 import os
 import shutil
 import signal
+import stat
 import sys
 from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -68,10 +69,15 @@ def run_settings(settings: Settings, input_path: str, *, overwrite: bool = False
         log.warning("config_warning", message=warning)
     _check_files(settings, input_path, overwrite=overwrite)
     source = _open_input(input_path)
-    lock = None if settings.output == STDOUT else OutputLock(settings.output, "output")
+    if settings.output != STDOUT:
+        lock: OutputLock | None = OutputLock(settings.output, "output")
+    elif _regular_file(1):
+        lock = OutputLock("(standard output)", "output", fd=1)  # `>> out.jsonl`: one writer too
+    else:
+        lock = None
     try:
         prior = Prior()
-        if lock is not None:
+        if lock is not None and settings.output != STDOUT:
             prior = prepare_output(
                 settings.output,
                 lock,
@@ -84,6 +90,13 @@ def run_settings(settings: Settings, input_path: str, *, overwrite: bool = False
         source.close()
         if lock is not None:
             lock.close()
+
+
+def _regular_file(fd: int) -> bool:
+    try:
+        return stat.S_ISREG(os.fstat(fd).st_mode)
+    except OSError:
+        return False
 
 
 def _check_files(settings: Settings, input_path: str, *, overwrite: bool) -> None:
@@ -130,7 +143,7 @@ def _run_and_report(
         settings.output,
         fsync=settings.fsync,
         secret=secret,
-        fd=None if lock is None else lock.fd,
+        fd=None if lock is None or settings.output == STDOUT else lock.fd,
     )
     from . import progress
 

@@ -1,13 +1,16 @@
 """Only what batchpoll wrote is ever cut, replaced or emptied; one run per OUTPUT; every way out
-leaves the records, the summary and JUnit behind. Real processes against the simulator."""
+leaves the records, the summary and JUnit behind. Real processes against the simulator, and
+refusals in this process against a listener that must never be connected to."""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
+import socket
 import stat
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
@@ -16,6 +19,7 @@ import pytest
 from helpers import KEY
 from test_cli import FAST, batchpoll, ids_ending, lines, write_ids
 
+from batchpoll.cli import main
 from batchpoll.simulator import SimSettings, Simulator, running_simulator
 
 pytestmark = pytest.mark.anyio
@@ -27,11 +31,43 @@ def run(sim: Simulator, ids: Path | str, *extra: str) -> list[str]:
     return ["run", str(ids), "--base-url", sim.url, *FAST, *extra]
 
 
+class Refusal:
+    """``batchpoll run`` in this process, pointed at a loopback listener that never answers:
+    a refusal must come with exit 2 before anything connects to it."""
+
+    def __init__(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.setblocking(False)
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        for name in [k for k in os.environ if k.startswith(("BATCHPOLL_", "CEKURA_"))]:
+            monkeypatch.delenv(name)
+        monkeypatch.setenv("HOME", str(tmp_path))
+        monkeypatch.setenv("CEKURA_API_KEY", KEY)
+
+    def __call__(self, capsys: pytest.CaptureFixture[str], ids: Path | str, *extra: str) -> str:
+        argv = ["run", str(ids), "--base-url", self.url, *FAST, "--deadline", "2", *extra]
+        code = main(argv)
+        err = capsys.readouterr().err
+        assert code == 2, err
+        with pytest.raises(BlockingIOError):
+            self.listener.accept()  # nothing ever connected
+        return err
+
+
+@pytest.fixture
+def refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Refusal]:
+    refusal = Refusal(tmp_path, monkeypatch)
+    with refusal.listener:
+        yield refusal
+
+
 def leftovers(*folders: Path) -> list[str]:
     return [p.name for d in folders for p in d.iterdir() if "batchpoll-tmp" in p.name]
 
 
-async def test_split_dir_holding_output_and_input_is_refused_untouched(tmp_path: Path) -> None:
+def test_split_dir_holding_output_and_input_is_refused_untouched(
+    tmp_path: Path, refused: Refusal, capsys: pytest.CaptureFixture[str]
+) -> None:
     """--split-by-status on the directory of OUTPUT and the input: exit 2, no file changed."""
     out = tmp_path / "out"
     out.mkdir()
@@ -39,13 +75,11 @@ async def test_split_dir_holding_output_and_input_is_refused_untouched(tmp_path:
     (out / "precious.jsonl").write_bytes(b'{"a":1}\n')
     (out / "results.jsonl").write_bytes(b"")
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    async with running_simulator(SIM) as sim:
-        args = run(sim, out / "ids.jsonl", "-o", str(out / "results.jsonl"))
-        code, _, err = await batchpoll([*args, "--split-by-status", str(out)], tmp_path)
-        assert sim.stats.requests == 0
-    assert code == 2, err
-    assert b"--split-by-status" in err
-    assert b"holds" in err
+    err = refused(
+        capsys, out / "ids.jsonl", "-o", str(out / "results.jsonl"), "--split-by-status", str(out)
+    )
+    assert "--split-by-status" in err
+    assert "holds" in err
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
@@ -71,8 +105,12 @@ async def test_split_touches_only_status_files_and_refuses_a_foreign_one(tmp_pat
 
 @pytest.mark.parametrize("mode", [[], ["--resume"], ["--overwrite"]], ids=["plain", "resume", "ow"])
 @pytest.mark.parametrize("spelling", ["same", "symlink", "hardlink"])
-async def test_output_that_is_the_input_is_refused_in_every_mode(
-    tmp_path: Path, mode: list[str], spelling: str
+def test_output_that_is_the_input_is_refused_in_every_mode(
+    tmp_path: Path,
+    refused: Refusal,
+    capsys: pytest.CaptureFixture[str],
+    mode: list[str],
+    spelling: str,
 ) -> None:
     """OUTPUT naming the input file by any path (itself, a symlink, a hard link): exit 2."""
     ids = write_ids(tmp_path, ["cli-1", "cli-2"])
@@ -83,10 +121,7 @@ async def test_output_that_is_the_input_is_refused_in_every_mode(
         out.symlink_to(ids)
     else:
         os.link(ids, out)
-    async with running_simulator(SIM) as sim:
-        code, _, err = await batchpoll([*run(sim, ids, "-o", str(out)), *mode], tmp_path)
-        assert sim.stats.requests == 0
-    assert code == 2, err
+    refused(capsys, ids, "-o", str(out), *mode)
     assert ids.read_bytes() == b"cli-1\ncli-2\n"
 
 
@@ -105,18 +140,15 @@ async def test_stdin_redirected_from_output_is_refused(tmp_path: Path) -> None:
     assert b"same file" in proc.stderr
 
 
-async def test_resume_of_an_ids_file_as_output_names_the_line_and_keeps_it(
-    tmp_path: Path,
+def test_resume_of_an_ids_file_as_output_names_the_line_and_keeps_it(
+    tmp_path: Path, refused: Refusal, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """--resume onto a file of ids (not records) is refused with its line number, untouched."""
     ids = write_ids(tmp_path, ["cli-1"])
     other = tmp_path / "other.txt"
     other.write_bytes(b"# my ids\ncli-9\n")
-    async with running_simulator(SIM) as sim:
-        code, _, err = await batchpoll([*run(sim, ids, "-o", str(other)), "--resume"], tmp_path)
-        assert sim.stats.requests == 0
-    assert code == 2
-    assert b"line 1 is not a batchpoll record" in err
+    err = refused(capsys, ids, "-o", str(other), "--resume")
+    assert "line 1 is not a batchpoll record" in err
     assert other.read_bytes() == b"# my ids\ncli-9\n"
 
 
@@ -124,31 +156,26 @@ async def test_resume_of_an_ids_file_as_output_names_the_line_and_keeps_it(
     ("flag", "target"),
     [("--summary", "input"), ("--summary", "output"), ("--junit", "input"), ("--junit", "output")],
 )
-async def test_a_report_file_that_is_output_or_input_is_refused(
-    tmp_path: Path, flag: str, target: str
+def test_a_report_file_that_is_output_or_input_is_refused(
+    tmp_path: Path, refused: Refusal, capsys: pytest.CaptureFixture[str], flag: str, target: str
 ) -> None:
     """--summary or --junit naming OUTPUT or the input (through a symlink too): exit 2."""
     ids = write_ids(tmp_path, ["cli-1"])
     out = tmp_path / "out.jsonl"
     link = tmp_path / "report-link"
     link.symlink_to(ids if target == "input" else out)
-    async with running_simulator(SIM) as sim:
-        code, _, err = await batchpoll([*run(sim, ids, "-o", str(out)), flag, str(link)], tmp_path)
-        assert sim.stats.requests == 0
-    assert code == 2, err
-    assert b"same file" in err or b"is also" in err
+    err = refused(capsys, ids, "-o", str(out), flag, str(link))
+    assert "same file" in err or "is also" in err
     assert ids.read_bytes() == b"cli-1\n"
 
 
-@pytest.mark.parametrize(
-    "problem", ["missing-dir", "a-directory", "foreign-file"], ids=lambda p: str(p)
-)
+@pytest.mark.parametrize("problem", ["missing-dir", "a-directory", "foreign-file"])
 @pytest.mark.parametrize("flag", ["--summary", "--junit"])
-async def test_an_unwritable_report_path_is_refused_before_any_request(
-    tmp_path: Path, flag: str, problem: str
+def test_an_unwritable_report_path_is_refused_before_any_request(
+    tmp_path: Path, refused: Refusal, capsys: pytest.CaptureFixture[str], flag: str, problem: str
 ) -> None:
     """A --summary/--junit path that cannot be written, or is not ours, is exit 2 at start."""
-    ids = write_ids(tmp_path, ids_ending("completed", 2))
+    ids = write_ids(tmp_path, ["cli-1", "cli-2"])
     path = tmp_path / "report"
     if problem == "missing-dir":
         path = tmp_path / "no" / "such" / "report"
@@ -156,11 +183,7 @@ async def test_an_unwritable_report_path_is_refused_before_any_request(
         path.mkdir()
     else:
         path.write_bytes(b"my own notes\n")
-    async with running_simulator(SIM) as sim:
-        args = [*run(sim, ids, "-o", str(tmp_path / "out.jsonl")), flag, str(path)]
-        code, _, err = await batchpoll(args, tmp_path)
-        assert sim.stats.requests == 0
-    assert code == 2, err
+    refused(capsys, ids, "-o", str(tmp_path / "out.jsonl"), flag, str(path))
     if problem == "foreign-file":
         assert path.read_bytes() == b"my own notes\n"
 
@@ -319,3 +342,23 @@ def test_an_internal_error_still_writes_the_summary_then_raises(
     with pytest.raises(RuntimeError, match="a bug"):
         runner.run_settings(settings, str(ids))
     assert json.loads(summary.read_bytes())["exit_code"] == 1
+
+
+async def test_two_runs_appending_stdout_to_one_file_are_one_too_many(tmp_path: Path) -> None:
+    """`>> out.jsonl` from two runs at once: the second is refused like a second -o."""
+    slow = SimSettings(seed=11, api_key=KEY, min_polls=50, max_polls=60, latency=0.05)
+    ids = write_ids(tmp_path, [f"cli-{i}" for i in range(3)])
+    out = tmp_path / "out.jsonl"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BATCHPOLL_", "CEKURA_"))}
+    env |= {"HOME": str(tmp_path), "CEKURA_API_KEY": KEY}
+    async with running_simulator(slow) as sim:
+        cmd = [sys.executable, "-m", "batchpoll", *run(sim, ids)]
+        with out.open("ab") as first_out, out.open("ab") as second_out:
+            async with await anyio.open_process(cmd, stdout=first_out, env=env) as first:
+                with anyio.fail_after(20):
+                    await sim.wait_until(lambda st: st.requests >= 1)
+                second = await anyio.run_process(cmd, stdout=second_out, env=env, check=False)
+                first.send_signal(signal.SIGTERM)
+                await first.wait()
+    assert second.returncode == 2
+    assert f"process {first.pid}".encode() in second.stderr
