@@ -8,8 +8,13 @@ from __future__ import annotations
 
 import math
 import random
+import re
 from datetime import UTC
 from email.utils import parsedate_to_datetime
+from typing import Final
+
+# Delay-seconds, with the fraction some servers add; ASCII digits only, unlike float().
+_DECIMAL: Final = re.compile(r"[0-9]+(?:\.[0-9]+)?", re.ASCII)
 
 
 def grow(base: float | None, *, first: float, factor: float, cap: float) -> float:
@@ -49,24 +54,22 @@ def retry_delay(failures: int, *, base: float, cap: float, rng: random.Random) -
     return rng.uniform(0.0, ceiling)
 
 
-def parse_retry_after(value: str, *, now: float, cap: float = 6 * 3600) -> float | None:
+def parse_retry_after(value: str, *, now: float, cap: float = 6 * 3600.0) -> float | None:
     """A ``Retry-After`` header value -> seconds to wait from ``now`` (epoch seconds), or None.
 
-    Accepts delay-seconds (RFC 9110 section 10.2.3), a non-negative finite decimal (some servers
-    send one), or an HTTP date (a date without a zone is taken as UTC; a past date gives 0).
-    Anything else, negative, NaN or infinite gives None. The result is at most ``cap`` seconds,
-    so a bogus far-future value cannot stall a run for days.
+    Accepts delay-seconds (RFC 9110 section 10.2.3), a non-negative decimal such as ``1.5`` (some
+    servers send one), or an HTTP date (a date without a zone is taken as UTC; a past date gives
+    0). Anything else (a sign, an exponent, NaN, non-ASCII digits) gives None. The result is
+    always a float in ``[0, cap]``, so a bogus far-future value cannot stall a run for days, and
+    however large the number or far the date, it is still a wait to honour.
     """
+    cap = float(cap)
     text = value.strip()
-    if text.isascii() and text.isdigit():
-        # Python refuses int() of 4300+ digits; any number that long is over the cap anyway.
-        digits = text.lstrip("0") or "0"
-        return min(cap, float(int(digits))) if len(digits) <= 15 else cap
-    try:
-        seconds = float(text)
-    except ValueError:
-        return _seconds_until_date(text, now=now, cap=cap)
-    return min(cap, seconds) if math.isfinite(seconds) and seconds >= 0 else None
+    if _DECIMAL.fullmatch(text):
+        # float() of any digit string is finite or inf, never an error (int() refuses 4300+
+        # digits), and inf is clamped like any other excess.
+        return min(cap, float(text))
+    return _seconds_until_date(text, now=now, cap=cap)
 
 
 def _seconds_until_date(text: str, *, now: float, cap: float) -> float | None:
@@ -76,5 +79,7 @@ def _seconds_until_date(text: str, *, now: float, cap: float) -> float | None:
             when = when.replace(tzinfo=UTC)
         delta = when.timestamp() - now
     except (TypeError, ValueError, OverflowError):
+        return None
+    if not math.isfinite(delta):
         return None
     return min(cap, max(0.0, delta))

@@ -1,8 +1,10 @@
 """The HTTP boundary: one aiohttp session, and every answer or failure mapped to an ``Outcome``.
 
-This is the only module that imports aiohttp (besides the simulator). Nothing aiohttp raises
-leaves ``ApiClient.poll``: a response becomes ``classify``'s outcome, an exception a
-``Transient``; only ``AuthRefused`` escapes, because a refused key ends the whole run.
+This is the only module that talks HTTP (besides the simulator; ``body`` reads the bytes).
+Nothing a server sends and nothing raised while talking to it leaves ``ApiClient.poll``: a
+response becomes ``classify``'s outcome, an exception a ``Transient`` naming its class; only
+``AuthRefused`` escapes, because a refused key ends the whole run (and cancellation, which is
+not ours to swallow).
 """
 
 from __future__ import annotations
@@ -19,18 +21,20 @@ import orjson
 from yarl import URL
 
 from .backoff import parse_retry_after
+from .body import MAX_BODY, MAX_REASON, MAX_TEXT, as_text, clip, read_capped, unwritable
 from .config import Settings
 from .errors import AuthRefused
 from .records import Answer, Broken, NotFound, Outcome, Rejected, Throttled, Transient
 
-#: Bodies beyond this are not read further; a progress answer is a few KiB at most.
-MAX_BODY: Final = 10 * 1024 * 1024
 #: How often overdue requests are looked for, as a share of the request timeout (and at most
 #: once a second): a request is abandoned between 1 and 1 + 1/8 timeouts after it started.
 _WATCH_SHARE: Final = 8
 _MAX_REDIRECTS: Final = 3
 _KEY_HEADER: Final = "X-CEKURA-API-KEY"
 _JSON: Final = "application/json"
+# session_id is kept only if it fits a signed 64-bit integer, what JSON readers can all hold.
+_INT64_MIN: Final = -(2**63)
+_INT64_MAX: Final = 2**63 - 1
 
 
 def classify(
@@ -41,7 +45,8 @@ def classify(
         # The raw header; lowercased only in the rare case that it lacks a lowercase "json".
         case 200 if "json" not in content_type and "json" not in content_type.lower():
             # An HTML error page from a proxy is not an answer, even if it parses.
-            media_type = content_type.partition(";")[0].strip()
+            # Clipped: the header is the server's text, decoded with surrogateescape.
+            media_type = clip(content_type.partition(";")[0].strip(), 200)
             return Transient(reason=f"unreadable body: content type {media_type or 'missing'}")
         case 200:
             return parse_progress(body)
@@ -59,7 +64,11 @@ def classify(
 
 
 def parse_progress(body: bytes) -> Outcome:
-    """A 200 body as an ``Answer``; anything but the documented object is a transient failure."""
+    """A 200 body as an ``Answer``; anything but the documented object is a transient failure.
+
+    What the ``Answer`` holds can always be written as JSON: a ``result`` that cannot is
+    ``Broken``, strings are clipped to ``MAX_TEXT``, and an odd ``session_id`` becomes None.
+    """
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -70,17 +79,34 @@ def parse_progress(body: bytes) -> Outcome:
     session_id = data.get("session_id")
     mode = data.get("mode")
     error = data.get("error")
+    result = data.get("result")
     if not isinstance(status, str):
         return Transient(reason="unreadable body: no string status")
-    if session_id is not None and (not isinstance(session_id, int) or isinstance(session_id, bool)):
+    # The common in-progress answer has no result and pays for no dumps here.
+    if result is not None and (problem := unwritable(result)) is not None:
+        return Broken(reason=f"unreadable body: result cannot be written as JSON: {problem}")
+    # Strings orjson.loads returns are valid UTF-8, so only their length needs a check; inline
+    # tests, not a call per field, as this runs on every poll.
+    if len(status) > MAX_TEXT:
+        status = clip(status)
+    if not isinstance(mode, str):
+        mode = None
+    elif len(mode) > MAX_TEXT:
+        mode = clip(mode)
+    if error is not None and (type(error) is not str or len(error) > MAX_TEXT):
+        error = clip(as_text(error))
+    # type(), not isinstance(): bool is an int subclass.
+    if session_id is not None and (
+        type(session_id) is not int or not _INT64_MIN <= session_id <= _INT64_MAX
+    ):
         session_id = None
     # Interned: 100k waiting ids would otherwise hold 100k copies of "in_progress".
     return Answer(
         status=sys.intern(status),
-        mode=sys.intern(mode) if isinstance(mode, str) else None,
+        mode=None if mode is None else sys.intern(mode),
         session_id=session_id,
-        result=data.get("result"),
-        error=error if isinstance(error, str) or error is None else str(error),
+        result=result,
+        error=error,
     )
 
 
@@ -89,14 +115,46 @@ def field_messages(body: bytes) -> str:
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
-        return body[:500].decode("utf-8", "replace") or "HTTP 400"
+        return clip(body[:500].decode("utf-8", "replace")) or "HTTP 400"
     if not isinstance(data, dict):
-        return str(data)[:500]
+        return clip(as_text(data)[:500])
     parts = []
     for field, messages in data.items():
-        text = "; ".join(map(str, messages)) if isinstance(messages, list) else str(messages)
+        if isinstance(messages, list):
+            text = "; ".join(map(as_text, messages))
+        else:
+            text = as_text(messages)
         parts.append(f"{field}: {text}")
-    return " | ".join(parts) or "HTTP 400"
+    return clip(" | ".join(parts)) or "HTTP 400"
+
+
+def _failure(exc: BaseException) -> str:
+    """An unexpected exception as a reason: its class, then its message, clipped and writable."""
+    try:
+        message = str(exc)
+    except Exception:  # a broken __str__ must not break the boundary that reports it
+        message = ""
+    # One line: aiohttp's messages can span several.
+    return clip(f"{type(exc).__name__}: {' '.join(message.split())}".rstrip(": "), MAX_REASON)
+
+
+def _redirect_target(url: URL, location: str) -> URL | None:
+    """Where a Location sends us, or None if it cannot be parsed, joined or requested."""
+    try:
+        target = url.join(URL(location))
+        _origin(target)  # yarl checks the port only when asked for it
+        str(target).encode("ascii")  # what would go on the request line
+    except ValueError:  # UnicodeError is one
+        return None
+    return target
+
+
+def _shown_origin(url: URL) -> str:
+    """*url*'s origin for a message; yarl refuses one for a URL without a host (``mailto:x``)."""
+    try:
+        return clip(str(url.origin()), 200)
+    except ValueError:
+        return clip(f"{url.scheme}:", 200)
 
 
 def _origin(url: URL) -> tuple[str | None, str | None, int | None]:
@@ -196,10 +254,18 @@ class ApiClient:
             if task.uncancel() > cancelling:
                 raise  # cancelled from outside too: that wins, as with asyncio.timeout
             return Transient(reason=f"timeout after {self._settings.request_timeout:g}s")
+        except AuthRefused:
+            raise
         except aiohttp.ClientError as exc:
-            return Transient(reason=f"{type(exc).__name__}: {exc}".rstrip(": "))
+            return Transient(reason=_failure(exc))
         except OSError as exc:
-            return Transient(reason=f"{type(exc).__name__}: {exc.strerror or exc}")
+            return Transient(
+                reason=clip(f"{type(exc).__name__}: {exc.strerror or exc}", MAX_REASON)
+            )
+        except Exception as exc:
+            # Whatever else talking to a server can raise (ValueError, UnicodeError, LookupError,
+            # aiohttp internals): this id's attempt failed, the run goes on.
+            return Transient(reason=_failure(exc))
         finally:
             del watchdog.started[task]
             if watchdog.expired and task in watchdog.expired:
@@ -218,17 +284,20 @@ class ApiClient:
                 if status in (401, 403):
                     raise AuthRefused(status, self._settings.api_key_source)
                 if 300 <= status < 400 and (location := resp.headers.get("Location")):
-                    target = url.join(URL(location))
+                    target = _redirect_target(url, location)
+                    if target is None:
+                        return Broken(reason=f"HTTP {status} redirect with an unusable Location")
                     if _origin(target) != self._origin:
                         # aiohttp strips only Authorization/Cookie across origins, so our
                         # custom key header would follow; never let it leave the origin.
                         return Broken(
                             reason=f"HTTP {status} redirect to another origin "
-                            f"({target.origin()}) not followed: the API key stays with base_url"
+                            f"({_shown_origin(target)}) not followed: "
+                            "the API key stays with base_url"
                         )
                     url = target
                     continue
-                body = await _read_capped(resp)
+                body = await read_capped(resp)
                 if body is None:
                     return Transient(reason=f"unreadable body: larger than {MAX_BODY} bytes")
                 headers = resp.headers
@@ -241,19 +310,3 @@ class ApiClient:
                     content_type=headers.get("Content-Type", ""),
                 )
         return Broken(reason=f"more than {_MAX_REDIRECTS} redirects")
-
-
-async def _read_capped(resp: aiohttp.ClientResponse) -> bytes | None:
-    """The whole body, or ``None`` once it passes ``MAX_BODY`` (the rest is never read)."""
-    length = resp.content_length
-    if length is not None:
-        # A declared length within the cap is the common case; read it in one go.
-        return None if length > MAX_BODY else await resp.read()
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in resp.content.iter_chunked(64 * 1024):
-        size += len(chunk)
-        if size > MAX_BODY:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)

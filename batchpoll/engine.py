@@ -368,16 +368,16 @@ class Engine:
     def _note(self, slot: Slot, outcome: Outcome, now: float) -> None:
         """Learn what one outcome says about the run: throttling, retries, odd statuses."""
         match outcome:
-            case Throttled(retry_after=None):
+            case Throttled(retry_after=retry_after):
                 self.stats.throttled += 1
-                if self._aimd.throttled(now):
+                if retry_after is not None:
+                    # Any wait the server named pauses the run, whatever its number type:
+                    # a class pattern here once let the (int) cap through unhonoured.
+                    self._pause(now, now + float(retry_after), outcome.reason)
+                elif self._aimd.throttled(now):
                     self._set_rate(self._aimd.rate)
                     self.stats.lowest_rate = self._aimd.lowest
                     self._log.info("rate_lowered", rate=round(self._aimd.rate, 3))
-                return
-            case Throttled(retry_after=float(retry_after)):
-                self.stats.throttled += 1
-                self._pause(now, now + retry_after, outcome.reason)
                 return
             case Transient(reason=reason):
                 self.stats.retries += 1

@@ -50,7 +50,11 @@ class NotFound:
 
 @dataclass(frozen=True, slots=True)
 class Throttled:
-    """HTTP 429 (or 503 with Retry-After); ``retry_after`` in seconds when the server said."""
+    """HTTP 429 (or 503 with Retry-After).
+
+    ``retry_after`` is the wait in seconds when the server gave a usable one (always a float,
+    already capped by ``backoff.parse_retry_after``), else None: back off instead.
+    """
 
     retry_after: float | None
     reason: str

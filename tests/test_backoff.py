@@ -95,6 +95,9 @@ def test_retry_delay_rejects_zero_failures() -> None:
         ("Thu, 02 Jan 2025 03:03:35 GMT", 0.0),
         ("Mon, 01 Jan 1990 00:00:00 GMT", 0.0),
         ("Fri, 31 Dec 9999 23:59:59 GMT", 6 * 3600.0),
+        ("86400", 6 * 3600.0),
+        ("99999999999999999999", 6 * 3600.0),
+        ("Sat, 04 Jan 2025 03:04:05 GMT", 6 * 3600.0),
     ],
     ids=[
         "seconds",
@@ -110,16 +113,22 @@ def test_retry_delay_rejects_zero_failures() -> None:
         "date-just-past",
         "date-long-past",
         "date-far-future-capped",
+        "a-day-capped",
+        "twenty-digits-capped",
+        "date-two-days-ahead-capped",
     ],
 )
 def test_parse_retry_after(value: str, expected: float) -> None:
-    """Delay-seconds, decimals and HTTP dates turn into seconds from now, at most the cap."""
-    assert parse_retry_after(value, now=NOW) == pytest.approx(expected)
+    """Delay-seconds, decimals and HTTP dates turn into float seconds from now, at most the cap."""
+    wait = parse_retry_after(value, now=NOW)
+    assert type(wait) is float
+    assert wait == pytest.approx(expected)
 
 
 @pytest.mark.parametrize(
     "value",
-    ["", "  ", "soon", "-5", "-0.5", "nan", "inf", "1e400", "12abc", "²", "Thu, 32 Foo 2025"],
+    ["", "  ", "soon", "-5", "-0.5", "nan", "inf", "1e400", "12abc", "²", "Thu, 32 Foo 2025",
+     "1e3", "+5", "1_000", "\u0661\u0662", ".5", "5.", "0x10", "5 5"],
     ids=[
         "empty",
         "blank",
@@ -132,16 +141,27 @@ def test_parse_retry_after(value: str, expected: float) -> None:
         "trailing-junk",
         "unicode-digit",
         "bad-date",
+        "exponent",
+        "plus-sign",
+        "underscore",
+        "arabic-indic-digits",
+        "no-integer-part",
+        "no-fraction-digits",
+        "hex",
+        "two-numbers",
     ],
-)
+)  # fmt: skip
 def test_parse_retry_after_garbage_is_none(value: str) -> None:
     """A value that is neither a non-negative finite number nor an HTTP date gives None."""
     assert parse_retry_after(value, now=NOW) is None
 
 
 def test_parse_retry_after_honours_custom_cap() -> None:
-    """The cap can be lowered per call."""
+    """The cap can be lowered per call, and an int cap still gives a float."""
     assert parse_retry_after("600", now=NOW, cap=30.0) == 30.0
+    wait = parse_retry_after("600", now=NOW, cap=30)
+    assert type(wait) is float
+    assert wait == 30.0
 
 
 @FAST
@@ -156,6 +176,6 @@ def test_http_date_gives_delta_from_now(ahead: int) -> None:
 @FAST
 @given(value=st.text(max_size=60), now=st.floats(min_value=0, max_value=4e9))
 def test_parse_retry_after_never_raises(value: str, now: float) -> None:
-    """Any header text gives None or a delay in [0, cap]."""
+    """Any header text gives None or a float delay in [0, cap]."""
     wait = parse_retry_after(value, now=now)
-    assert wait is None or 0 <= wait <= 6 * 3600
+    assert wait is None or (type(wait) is float and 0 <= wait <= 6 * 3600)
