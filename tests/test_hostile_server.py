@@ -8,6 +8,7 @@ them; bodies carry the API key, plainly and JSON-escaped, for tests of what batc
 from __future__ import annotations
 
 import gzip
+import os
 import zlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
@@ -17,14 +18,15 @@ import orjson
 import pytest
 import structlog
 from helpers import FAST, KEY, ListSink, items_of
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 from raw_server import RawServer, raw_server
 
 from batchpoll.client import ApiClient
 from batchpoll.engine import Engine
 from batchpoll.errors import AuthRefused
-from batchpoll.records import Answer, Broken, NotFound, Rejected, Throttled, Transient
+from batchpoll.records import Answer, Broken, NotFound, Record, Rejected, Throttled, Transient
+from batchpoll.sink import LineSink
 
 pytestmark = pytest.mark.anyio
 
@@ -307,15 +309,32 @@ async def test_a_poll_always_ends_in_an_outcome(server: RawServer, answer: RawAn
 _IDS = ["a", "b/c", "d?e=f"]
 
 
+def _plain(status: int, body: bytes) -> RawAnswer:
+    head = b"HTTP/1.1 %d X\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+    return RawAnswer(status, head % (status, len(body)) + body)
+
+
 @settings(
     max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(answer=answers())
+# The key echoed as it was sent, and JSON-escaped so that no byte of it shows in the body.
+@example(
+    answer=_plain(
+        200, b'{"status":"failed","error":' + KEY_JSON + b',"result":[' + KEY_JSON + b"]}"
+    )
+)
+@example(
+    answer=_plain(
+        200, b'{"status":"completed","mode":' + KEY_ESCAPED + b',"result":{' + KEY_ESCAPED + b":1}}"
+    )
+)
+@example(answer=_plain(400, b'{"progress_id":[' + KEY_ESCAPED + b"]}"))
 async def test_a_run_writes_one_writable_record_per_id(
     server: RawServer, answer: RawAnswer
 ) -> None:
     """Over any answer, a run writes exactly one record per id, each one JSON-serialisable
-    (or stops with AuthRefused on a 401/403)."""
+    and none holding the key as the sink writes it (or stops with AuthRefused on a 401/403)."""
     _serve(server, answer)
     settings_ = replace(
         FAST,
@@ -338,7 +357,20 @@ async def test_a_run_writes_one_writable_record_per_id(
         except AuthRefused:
             assert answer.status in (401, 403)
             assert len({r.progress_id for r in sink.records}) == len(sink.records)
+            _assert_no_key_written(sink.records)
             return
     assert sorted(r.progress_id for r in sink.records) == sorted(_IDS)
     for rec in sink.records:
         assert orjson.loads(rec.to_json_line())["progress_id"] == rec.progress_id
+    _assert_no_key_written(sink.records)
+
+
+def _assert_no_key_written(records: list[Record]) -> None:
+    """What the CLI's sink would write of *records* holds no trace of the key."""
+    sink = LineSink(os.devnull, secret=KEY)
+    try:
+        written = sink.encode(records)
+    finally:
+        sink.close()
+    assert KEY.encode() not in written
+    assert len(written.splitlines()) == len(records)
