@@ -229,12 +229,36 @@ def _base_url(raw: object, text: bool) -> str:
     return _str(raw, text).rstrip("/")
 
 
-def _positive(value: float | None) -> str | None:
-    return None if value is None or value > 0 else "must be > 0"
+#: Bounds of the numeric options. Beyond them nothing is useful and something downstream
+#: breaks: a rate of 1e-320 books requests 1/rate = inf seconds apart (the shared store's
+#: ceil(1e6 / rate) overflows), and the store counts whole microseconds, so above 1e6/s its
+#: spacing rounds to a wrong rate. One process sends some thousands of requests a second, and
+#: each request in flight holds a socket (see ``limits``).
+MIN_RATE: Final = 0.001  # requests/s: one every ~17 min; AIMD may go 64 times lower still
+MAX_RATE: Final = 100_000.0
+MAX_CONCURRENCY: Final = 10_000
+MAX_BURST: Final = 10_000
+MAX_RETRIES: Final = 1_000
+#: Every duration (interval, max_interval, timeout, deadline, request_timeout), in seconds.
+#: A millisecond is the timing wheel's finest bucket and the loop's timer grain; a year keeps
+#: every due time far inside what floats, the wheel's bucket numbers and the loop's timers hold.
+MIN_SECONDS: Final = 0.001
+MAX_SECONDS: Final = 365 * 24 * 3600.0
 
 
-def _at_least_one(value: int) -> str | None:
-    return None if value >= 1 else "must be >= 1"
+def _within(low: float, high: float, unit: str = "") -> Check:
+    text = f"must be between {low:.15g} and {high:.15g}{unit}"
+    if high == MAX_SECONDS:
+        text += " (a year)"
+
+    def check(value: float | None) -> str | None:
+        return None if value is None or low <= value <= high else text
+
+    return check
+
+
+_RATE: Final = _within(MIN_RATE, MAX_RATE, " requests/s")
+_SECONDS: Final = _within(MIN_SECONDS, MAX_SECONDS, " s")
 
 
 def _non_empty(value: str | None) -> str | None:
@@ -325,15 +349,15 @@ _SPECS: Final[Mapping[str, _Spec]] = {
     "output": _Spec(_str, (_non_empty,)),
     "base_url": _Spec(_base_url, (_http_url,)),
     "path": _Spec(_str, (_url_path,)),
-    "concurrency": _Spec(_int, (_at_least_one,)),
-    "rate": _Spec(_float, (_positive,)),
-    "burst": _Spec(_int, (_at_least_one,)),
-    "interval": _Spec(_float, (_positive,)),
-    "max_interval": _Spec(_float, (_positive,)),
-    "timeout": _Spec(_float, (_positive,)),
-    "deadline": _Spec(_optional(_float), (_positive,)),
-    "request_timeout": _Spec(_float, (_positive,)),
-    "max_retries": _Spec(_int, (_at_least_one,)),
+    "concurrency": _Spec(_int, (_within(1, MAX_CONCURRENCY),)),
+    "rate": _Spec(_float, (_RATE,)),
+    "burst": _Spec(_int, (_within(1, MAX_BURST),)),
+    "interval": _Spec(_float, (_SECONDS,)),
+    "max_interval": _Spec(_float, (_SECONDS,)),
+    "timeout": _Spec(_float, (_SECONDS,)),
+    "deadline": _Spec(_optional(_float), (_SECONDS,)),
+    "request_timeout": _Spec(_float, (_SECONDS,)),
+    "max_retries": _Spec(_int, (_within(1, MAX_RETRIES),)),
     "resume": _Spec(_bool),
     "retry_statuses": _Spec(_statuses),
     "fail_on": _Spec(_statuses),
