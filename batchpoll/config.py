@@ -1,7 +1,9 @@
 """Settings: one frozen value merged from flags, environment, a TOML file and defaults.
 
 Precedence per key is flag > env > file > default. Every value remembers where it came from, so a
-bad one is reported with its source: ``rate=-1.0 (from env BATCHPOLL_RATE): must be > 0``.
+bad one is reported with its source: ``rate='-1' (from env BATCHPOLL_RATE): must be between
+0.001 and 100000 requests/s``. A value that may be a secret (a URL with a password, something
+shaped like a key) is masked in every message, and a long one is cut short.
 Pure: reads local files, never the network.
 """
 
@@ -97,7 +99,7 @@ class Settings:
     warnings: tuple[str, ...] = field(default=(), compare=False)  # for the CLI to log
 
 
-_KEY_PLACES: Final = (
+KEY_PLACES: Final = (
     "set CEKURA_API_KEY, pass --api-key-file PATH, or put api_key in ~/.cekura/config.toml"
 )
 
@@ -106,7 +108,7 @@ class MissingApiKey(ConfigError):
     """No API key in any of the places batchpoll looks; the message lists them."""
 
     def __init__(self, *, oauth_only: bool = False) -> None:
-        problem = f"no API key: {_KEY_PLACES}"
+        problem = f"no API key: {KEY_PLACES}"
         if oauth_only:
             problem += (
                 f". {_CEKURA_FILE} holds only OAuth tokens from the Cekura CLI, and this API "
@@ -439,7 +441,7 @@ def _kubernetes_shard(env: Mapping[str, str]) -> Shard | None:
         return shard_from_env(env)
     except ValueError as exc:
         pair = f"{env.get(INDEX_ENV, '')}/{env.get(COUNT_ENV, '')}"
-        raise ConfigError("shard", pair, _KUBERNETES_SOURCE, str(exc)) from None
+        raise ConfigError("shard", shown(pair), _KUBERNETES_SOURCE, str(exc)) from None
 
 
 def _sharing_warnings(values: Mapping[str, Any], sources: Mapping[str, str]) -> tuple[str, ...]:
@@ -476,7 +478,7 @@ def _check_transport(values: Mapping[str, Any], sources: Mapping[str, str]) -> N
     if not loopback:
         raise ConfigError(
             "base_url",
-            url,
+            shown(url),
             sources["base_url"],
             "plain http:// would send the API key in clear text: use https://, "
             "or pass --allow-insecure-http",
@@ -540,15 +542,41 @@ def _find(
 
 
 def _parse(name: str, spec: _Spec, raw: object, source: str, text: bool) -> Any:
-    # A store URL may hold a password: an error names the value with it masked.
-    shown = masked_url(raw) if name == "rate_store" and isinstance(raw, str) else raw
     try:
         value = spec.parse(raw, text)
     except (ValueError, TypeError) as exc:
-        raise ConfigError(name, shown, source, str(exc)) from None
+        raise ConfigError(name, shown(raw), source, str(exc)) from None
     for check in spec.checks:
         if (problem := check(value)) is not None:
-            raise ConfigError(name, shown, source, problem)
+            raise ConfigError(name, shown(raw), source, problem)
+    return value
+
+
+#: The most characters of a value a message shows; a longer one is cut, with its length told.
+SHOWN_CHARS: Final = 100
+#: Shaped like an API key: one word of 12+ characters mixing letters and digits, with no dot,
+#: slash or whitespace (so no path, number, URL, list or status name). Errs towards hiding.
+_KEY_SHAPE: Final = re.compile(r"(?=[^\d]*\d)(?=[^a-zA-Z]*[a-zA-Z])[^\s./\\]{12,}")
+HIDDEN: Final = "<hidden: looks like a key>"
+
+
+def shown(value: object) -> object:
+    """*value* as an error message may show it: a password in a URL (or any ``user@`` part)
+    masked, a key-shaped word hidden, and text over ``SHOWN_CHARS`` cut short.
+
+    A careless user puts a key or a URL with a password where any option goes, and error
+    messages end up in CI logs that many people read.
+    """
+    if not isinstance(value, str):
+        return value
+    if "://" in value:
+        value = masked_url(value)
+    elif "@" in value:
+        value = "***@" + value.rpartition("@")[2]
+    elif _KEY_SHAPE.fullmatch(value.strip()):
+        return HIDDEN
+    if len(value) > SHOWN_CHARS:
+        value = f"{value[:SHOWN_CHARS]}...[{len(value)} characters in all]"
     return value
 
 
@@ -557,11 +585,15 @@ def _read_config(path: str) -> dict[str, object]:
     try:
         data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
     except OSError as exc:
-        raise ConfigError("config", path, "flag --config", f"cannot read: {exc.strerror}") from None
+        raise ConfigError(
+            "config", shown(path), "flag --config", f"cannot read: {exc.strerror}"
+        ) from None
     except UnicodeDecodeError:
-        raise ConfigError("config", path, "flag --config", "is not UTF-8 text") from None
+        raise ConfigError("config", shown(path), "flag --config", "is not UTF-8 text") from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError("config", path, "flag --config", f"not valid TOML: {exc}") from None
+        raise ConfigError(
+            "config", shown(path), "flag --config", f"not valid TOML: {exc}"
+        ) from None
     source = f"file {path}"
     values: dict[str, object] = {}
     for key, value in data.items():
@@ -571,16 +603,16 @@ def _read_config(path: str) -> dict[str, object]:
                 key,
                 Secret(str(value)),
                 source,
-                f"the key is never read from this file; {_KEY_PLACES}",
+                f"the key is never read from this file; {KEY_PLACES}",
             )
         if name not in _RESOLVED:
             close = difflib.get_close_matches(name, list(_RESOLVED), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             # A string under a mistyped key may well be a secret: don't echo it.
-            shown = Secret(value) if isinstance(value, str) else value
-            raise ConfigError(key, shown, source, f"unknown key{hint}")
+            hidden = Secret(value) if isinstance(value, str) else shown(value)
+            raise ConfigError(key, hidden, source, f"unknown key{hint}")
         if name in values:
-            raise ConfigError(key, value, source, "is set twice (with '-' and with '_')")
+            raise ConfigError(key, shown(value), source, "is set twice (with '-' and with '_')")
         values[name] = value
     return values
 
@@ -608,14 +640,21 @@ def _find_key(
 def _read_key_file(path: str, source: str, home: Path | None) -> tuple[Secret, str]:
     if path == "~" or path.startswith("~/"):
         path = str((home or Path.home()) / path[2:])
+    name = shown(path)
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError(_KEY_FILE, path, source, f"cannot read: {exc.strerror}") from None
+        problem = f"cannot read: {exc.strerror}"
+        if name == HIDDEN:
+            # The usual slip: the key itself given where its file's path goes.
+            problem += (
+                "; this looks like a key, and --api-key-file takes the PATH of a file holding one"
+            )
+        raise ConfigError(_KEY_FILE, name, source, problem) from None
     except UnicodeDecodeError:
-        raise ConfigError(_KEY_FILE, path, source, "is not UTF-8 text") from None
+        raise ConfigError(_KEY_FILE, name, source, "is not UTF-8 text") from None
     if not text.strip():
-        raise ConfigError(_KEY_FILE, path, source, "is empty")
+        raise ConfigError(_KEY_FILE, name, source, "is empty")
     return _checked_key(text, f"file {path}"), f"file {path}"
 
 
@@ -631,8 +670,8 @@ class _CekuraFile:
         if value is None or (isinstance(value, str) and not value.strip()):
             return None
         if not isinstance(value, str):
-            shown = Secret(str(value)) if key == "api_key" else value
-            raise ConfigError(key, shown, _CEKURA_FILE, "must be a string")
+            hidden = Secret(str(value)) if key == "api_key" else shown(value)
+            raise ConfigError(key, hidden, _CEKURA_FILE, "must be a string")
         return value
 
     @property

@@ -991,3 +991,70 @@ def test_the_bounds_themselves_are_accepted(tmp_path: Path) -> None:
     )
     assert (low.rate, low.interval, low.request_timeout) == (0.001, 0.001, 0.001)
     assert (high.rate, high.burst, high.concurrency, high.deadline) == (1e5, 10000, 10000, 31536000)
+
+
+@pytest.mark.parametrize(
+    "where",
+    ["flag", "env CEKURA_API_URL", "env BATCHPOLL_BASE_URL", "file", "cekura file"],
+)
+def test_a_password_in_base_url_never_shows(tmp_path: Path, where: str) -> None:
+    """A base URL holding user:password is refused from every source with the password masked."""
+    url = "https://alice:hunter2-pw@api.example.test"
+    flags, env, toml = {}, {}, None
+    if where == "flag":
+        flags = {"base_url": url}
+    elif where.startswith("env "):
+        env = {where.removeprefix("env "): url}
+    elif where == "file":
+        toml = f'base_url = "{url}"'
+    else:
+        write(tmp_path / ".cekura" / "config.toml", f'api_url = "{url}"\n')
+    with pytest.raises(ConfigError) as caught:
+        load(tmp_path, flags=flags, env=env, toml=toml)
+    assert "hunter2-pw" not in str(caught.value)
+    assert "alice:***@api.example.test" in str(caught.value)
+
+
+def test_a_plain_http_url_with_a_password_is_masked_too(tmp_path: Path) -> None:
+    """The clear-text check names base_url with any password masked (here in the user part)."""
+    with pytest.raises(ConfigError) as caught:
+        load(tmp_path, env={"CEKURA_API_URL": "http://hunter2-pw@api.example.test:8080"})
+    assert "hunter2-pw" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("flags", "env"),
+    [
+        ({"rate": KEY}, {}),
+        ({"log_level": KEY}, {}),
+        ({}, {"BATCHPOLL_RESUME": KEY}),
+        ({"shard": KEY}, {}),
+        ({"rate_store": f"redis://:{KEY}@h:6379/x"}, {}),
+        ({"base_url": f"{KEY}@api.example.test"}, {}),
+    ],
+    ids=["rate", "log-level", "env-bool", "shard", "store-password", "url-without-scheme"],
+)
+def test_a_key_given_to_the_wrong_option_is_not_echoed(
+    tmp_path: Path, flags: dict[str, str], env: dict[str, str]
+) -> None:
+    """A key-shaped value or a URL password given to any option is hidden in the error."""
+    with pytest.raises(ConfigError) as caught:
+        load(tmp_path, flags=flags, env=env)
+    assert KEY not in str(caught.value)
+
+
+def test_a_key_given_as_the_key_file_path_is_not_echoed(tmp_path: Path) -> None:
+    """--api-key-file KEY (the key, not a path) is refused without showing it, saying why."""
+    with pytest.raises(ConfigError) as caught:
+        load(tmp_path, key_file=KEY)
+    assert KEY not in str(caught.value)
+    assert "takes the PATH of a file" in str(caught.value)
+
+
+def test_long_values_are_cut_short_in_messages(tmp_path: Path) -> None:
+    """A value of unbounded length shows its first 100 characters and how long it was."""
+    with pytest.raises(ConfigError) as caught:
+        load(tmp_path, flags={"log_format": "x" * 5000})
+    message = str(caught.value)
+    assert "x" * 100 + "...[5000 characters in all]" in message
+    assert len(message) < 300
