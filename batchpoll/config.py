@@ -420,7 +420,7 @@ def load_settings(
     _check_transport(values, sources)
     key_file = values.pop(_KEY_FILE, None)
     key_file_source = sources.pop(_KEY_FILE)
-    warnings = cekura.warnings + _sharing_warnings(values, sources)
+    warnings = cekura.warnings + _env_warnings(env) + _sharing_warnings(values, sources)
     settings = Settings(**values, sources=MappingProxyType(sources), warnings=warnings)
     found_key = _find_key(key_file, key_file_source, env, home, cekura)
     if found_key is None:
@@ -431,6 +431,25 @@ def load_settings(
 
 
 _KUBERNETES_SOURCE: Final = f"env {INDEX_ENV}/{COUNT_ENV}"
+_ENV_PREFIX: Final = "BATCHPOLL_"
+#: Every BATCHPOLL_* variable batchpoll reads: one per option (see ``_find``), the shard
+#: count of an Indexed Job (``shard``), and the event loop choice (``runner.loop_options``).
+KNOWN_ENV: Final[frozenset[str]] = frozenset(
+    [f"{_ENV_PREFIX}{name.upper()}" for name in _RESOLVED] + [COUNT_ENV, "BATCHPOLL_LOOP"]
+)
+
+
+def _env_warnings(env: Mapping[str, str]) -> tuple[str, ...]:
+    """One warning per BATCHPOLL_* variable that nothing reads, by name only: its value may
+    be anything, a key included. A misspelt ``BATCHPOLL_RAT=5`` would otherwise do nothing."""
+    warnings = []
+    for name in sorted(n for n in env if n.startswith(_ENV_PREFIX) and n not in KNOWN_ENV):
+        # Compared without the shared prefix, which would make every name look close.
+        suffixes = sorted(known.removeprefix(_ENV_PREFIX) for known in KNOWN_ENV)
+        close = difflib.get_close_matches(name.removeprefix(_ENV_PREFIX), suffixes, n=1)
+        hint = f"; did you mean {_ENV_PREFIX}{close[0]}?" if close else ""
+        warnings.append(f"environment variable {shown(name)} is not a batchpoll setting{hint}")
+    return tuple(warnings)
 
 
 def _kubernetes_shard(env: Mapping[str, str]) -> Shard | None:

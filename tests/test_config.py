@@ -1058,3 +1058,21 @@ def test_long_values_are_cut_short_in_messages(tmp_path: Path) -> None:
     message = str(caught.value)
     assert "x" * 100 + "...[5000 characters in all]" in message
     assert len(message) < 300
+
+
+def test_unknown_batchpoll_env_vars_are_warned_about_by_name(tmp_path: Path) -> None:
+    """A misspelt BATCHPOLL_* variable is a warning naming it and the near miss, never its value."""
+    settings = load(tmp_path, env={"BATCHPOLL_RAT": "5", "BATCHPOLL_ZZZQ": KEY})
+    assert settings.rate == 10.0
+    assert settings.warnings == (
+        "environment variable BATCHPOLL_RAT is not a batchpoll setting; "
+        "did you mean BATCHPOLL_RATE?",
+        "environment variable BATCHPOLL_ZZZQ is not a batchpoll setting",
+    )
+
+
+def test_every_variable_batchpoll_reads_is_known(tmp_path: Path) -> None:
+    """No warning for the option variables, the shard count or the loop choice."""
+    env = {f"BATCHPOLL_{name.upper()}": "" for name in OPTION_NAMES}
+    env |= {"BATCHPOLL_API_KEY_FILE": "", "BATCHPOLL_SHARDS": "", "BATCHPOLL_LOOP": "asyncio"}
+    assert load(tmp_path, env=env).warnings == ()
