@@ -364,3 +364,72 @@ def test_a_run_raises_the_collector_threshold_and_restores_it() -> None:
     assert during[0][0] >= GC_GEN0_THRESHOLD
     assert during[0][1:] == before[1:]
     assert gc.get_threshold() == before
+
+
+SECRET = "sk_live_9f3c2a7b51d04e68"
+
+# Each way a careless user can hand argparse a secret; none may echo it.
+LEAKS = {
+    "api-key-flag": (["run", "ids.txt", "--api-key", SECRET], "CEKURA_API_KEY"),
+    "api-key-equals": (["config", f"--api-key={SECRET}"], "--api-key-file PATH"),
+    "api-key-on-simulate": (["simulate", "--api-key", SECRET], "~/.cekura/config.toml"),
+    "api-key-before-input": (["run", "--api-key", SECRET, "ids.txt"], "CEKURA_API_KEY"),
+    "near-miss": (["run", "ids.txt", "--apikey-file", SECRET], "did you mean --api-key-file?"),
+    "near-miss-equals": (["run", "ids.txt", f"--rat={SECRET}"], "did you mean --rate?"),
+    "extra-argument": (["run", "ids.txt", SECRET], "1 unexpected argument"),
+    "bad-command": ([SECRET, "ids.txt"], "unknown command"),
+    "close-command": (["rnu", SECRET], "did you mean run?"),
+    "bad-int": (["demo", "--ids", SECRET], "argument --ids: not a valid int"),
+    "bad-int-equals": (["simulate", f"--port={SECRET}"], "argument --port: not a valid int"),
+    "value-to-a-switch": (["run", "ids.txt", f"--resume={SECRET}"], "--resume: takes no value"),
+    "before-command": ([f"--token={SECRET}", "run", "ids.txt"], "no API key on the command line"),
+    "bad-setting": (["run", "ids.txt", "--rate", SECRET], "rate='<hidden"),
+}
+
+
+@pytest.mark.parametrize(("argv", "needle"), LEAKS.values(), ids=LEAKS.keys())
+def test_no_usage_error_echoes_what_was_typed(
+    argv: list[str], needle: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every usage error exits 2 naming the option, never the value typed after it."""
+    from batchpoll.cli import main
+
+    assert main(argv) == 2
+    out, err = capsys.readouterr()
+    assert SECRET not in out + err
+    assert needle in err
+    assert "Traceback" not in err
+
+
+def test_no_parser_completes_a_prefix() -> None:
+    """Abbreviations are off for the top parser and every command's parser."""
+    from batchpoll.cli import _parser
+
+    parser = _parser(["simulate"])
+    assert set(parser.commands) == {"run", "config", "report", "simulate", "demo"}
+    assert all(not p.allow_abbrev for p in [parser, *parser.commands.values()])
+
+
+async def test_api_key_flag_in_a_real_process_says_where_keys_go(tmp_path: Path) -> None:
+    """`--api-key VALUE` exits 2 naming the places a key goes, without echoing it."""
+    code, out, err = await batchpoll(["run", "-", "--api-key", SECRET], tmp_path, stdin=b"a\n")
+    assert code == 2
+    assert SECRET.encode() not in out + err
+    assert b"set CEKURA_API_KEY, pass --api-key-file PATH" in err
+    assert b"Traceback" not in err
+
+
+async def test_help_still_works(tmp_path: Path) -> None:
+    """`batchpoll --help` and `batchpoll run --help` print help and exit 0."""
+    top, run = await batchpoll(["--help"], tmp_path), await batchpoll(["run", "--help"], tmp_path)
+    assert (top[0], run[0]) == (0, 0)
+    assert b"COMMAND" in top[1]
+    assert b"--concurrency" in run[1]
+
+
+async def test_config_warns_about_an_unknown_env_var_by_name(tmp_path: Path) -> None:
+    """`batchpoll config` warns of BATCHPOLL_RAT with the near miss, never showing its value."""
+    code, out, err = await batchpoll(["config"], tmp_path, env={"BATCHPOLL_RAT": SECRET})
+    assert code == 0
+    assert b"BATCHPOLL_RAT is not a batchpoll setting; did you mean BATCHPOLL_RATE?" in err
+    assert SECRET.encode() not in out + err
