@@ -15,10 +15,14 @@ import orjson
 
 from . import __version__
 from .config import KEY_PLACES, Settings, describe, load_settings, shown
-from .errors import BatchpollError, UsageError
+from .errors import BatchpollError, InputFileError, UsageError
 
 SIGPIPE_EXIT = 141
 _E = TypeVar("_E", bound=BaseException)
+
+#: Which of the standard descriptors (0, 1, 2) were closed when ``main`` started; each now
+#: holds os.devnull. Set once per ``main``, read by ``run`` to refuse ``-`` on a closed one.
+closed_std: frozenset[int] = frozenset()
 
 # Option names that can only mean "here is my key" (compared lower-case, without - and _).
 _KEY_FLAGS = frozenset({"apikey", "cekuraapikey", "key", "apitoken", "token", "secret"})
@@ -230,6 +234,8 @@ def _parser(argv: Sequence[str] | None = None) -> _Parser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the process exit code."""
+    global closed_std
+    closed_std = _occupy_closed_std()
     try:
         args = _parser(argv).parse_args(argv)
         command: Callable[[argparse.Namespace], int] = _COMMANDS[args.command]
@@ -260,6 +266,43 @@ def _find(exc: BaseException, kind: type[_E]) -> _E | None:
     return None
 
 
+def _occupy_closed_std() -> frozenset[int]:
+    """Put os.devnull on each of descriptors 0, 1, 2 that is closed; return which were.
+
+    Python starts with ``sys.stdin``/``stdout``/``stderr`` None for a closed descriptor, and
+    the next file opened takes the lowest free number: OUTPUT could become descriptor 2 and
+    receive the logs, or ``print(file=sys.stderr)`` could fall back to stdout. Taken by
+    os.devnull, each stays harmless; ``run`` refuses ``-`` on a closed one.
+    """
+    closed = set()
+    for fd, name in enumerate(("stdin", "stdout", "stderr")):
+        try:
+            os.fstat(fd)
+        except OSError:
+            # Lower descriptors are open by now, so this lands on fd itself or above it.
+            null = os.open(os.devnull, os.O_RDONLY if fd == 0 else os.O_WRONLY)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+            closed.add(fd)
+        if getattr(sys, name) is None:
+            # Closed at start, then perhaps taken by a file opened since: not ours to reuse.
+            # The stream lives as long as the process, like the one Python would have made.
+            target: int | str = fd if fd in closed else os.devnull
+            mode, buffering = ("r", -1) if fd == 0 else ("w", 1)  # 1: line-buffered
+            stream = open(  # noqa: SIM115
+                target,
+                mode,
+                buffering,
+                encoding="utf-8",
+                errors="backslashreplace",
+                closefd=fd not in closed,  # a path is opened and owned; fd is borrowed
+            )
+            setattr(sys, name, stream)
+            closed.add(fd)
+    return frozenset(closed)
+
+
 def _silence_stdout() -> None:
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, sys.stdout.fileno())
@@ -286,7 +329,11 @@ def _settings(args: argparse.Namespace, *, require_key: bool = True) -> Settings
 def _cmd_run(args: argparse.Namespace) -> int:
     from .runner import run_settings
 
+    if args.input == "-" and 0 in closed_std:
+        raise InputFileError("INPUT is - but stdin is closed: give a file of ids, or - < ids.txt")
     settings = _settings(args)
+    if settings.output == "-" and 1 in closed_std:
+        raise InputFileError("OUTPUT is - (stdout) but stdout is closed: give -o PATH")
     return run_settings(settings, args.input, overwrite=getattr(args, "overwrite", False))
 
 

@@ -5,9 +5,12 @@ from __future__ import annotations
 import gc
 import os
 import re
+import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from subprocess import PIPE
+from typing import Any
 
 import orjson
 import pytest
@@ -433,3 +436,74 @@ async def test_config_warns_about_an_unknown_env_var_by_name(tmp_path: Path) -> 
     assert code == 0
     assert b"BATCHPOLL_RAT is not a batchpoll setting; did you mean BATCHPOLL_RATE?" in err
     assert SECRET.encode() not in out + err
+
+
+async def run_child(
+    args: Sequence[str],
+    tmp_path: Path,
+    preexec: Callable[[], None],
+    env_extra: Mapping[str, str] | None = None,
+    **streams: Any,
+) -> subprocess.CompletedProcess[bytes]:
+    """``python -m batchpoll ARGS`` with *preexec* run in the child first (a limit, a close)."""
+    import anyio
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BATCHPOLL_", "CEKURA_"))}
+    env |= {"HOME": str(tmp_path), "CEKURA_API_KEY": KEY, **(env_extra or {})}
+    cmd = [sys.executable, "-m", "batchpoll", *args]
+
+    def start() -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(cmd, env=env, preexec_fn=preexec, timeout=30, check=False, **streams)
+
+    with anyio.fail_after(40):
+        return await anyio.to_thread.run_sync(start)
+
+
+def close_fd(fd: int) -> Callable[[], None]:
+    return lambda: os.close(fd)
+
+
+async def test_input_dash_with_stdin_closed_exits_2(tmp_path: Path) -> None:
+    """`run - <&-`: exit 2 with a message on stderr, and no request sent."""
+    async with running_simulator(SIM) as sim:
+        args = ["run", "-", "-o", str(tmp_path / "out.jsonl"), "--base-url", sim.url]
+        result = await run_child(args, tmp_path, close_fd(0), capture_output=False, stderr=PIPE)
+        assert sim.stats.requests == 0
+    assert result.returncode == 2
+    assert b"INPUT is - but stdin is closed" in result.stderr
+    assert b"Traceback" not in result.stderr
+
+
+async def test_output_dash_with_stdout_closed_exits_2(tmp_path: Path) -> None:
+    """`run ids.txt -o - >&-`: exit 2 with a message on stderr, and no request sent."""
+    async with running_simulator(SIM) as sim:
+        args = run_args(sim, write_ids(tmp_path, ["a"]), "-o", "-")
+        result = await run_child(args, tmp_path, close_fd(1), stderr=PIPE)
+        assert sim.stats.requests == 0
+    assert result.returncode == 2
+    assert b"OUTPUT is - (stdout) but stdout is closed" in result.stderr
+    assert b"Traceback" not in result.stderr
+
+
+async def test_a_run_with_stderr_closed_finishes_and_keeps_output_clean(tmp_path: Path) -> None:
+    """`run ids.txt -o out.jsonl 2>&-`: exit 0, and OUTPUT holds only the records, no logs."""
+    ids = ids_ending("completed", 5)
+    out_path = tmp_path / "out.jsonl"
+    async with running_simulator(SIM) as sim:
+        args = run_args(sim, write_ids(tmp_path, ids), "-o", str(out_path), "--log-level", "debug")
+        result = await run_child(args, tmp_path, close_fd(2), stdout=PIPE)
+    assert result.returncode == 0
+    assert result.stdout == b""
+    records = lines(out_path.read_bytes())
+    assert sorted(r["progress_id"] for r in records) == sorted(ids)
+    assert all(set(r) >= {"progress_id", "status"} for r in records)
+
+
+async def test_config_with_stderr_closed_keeps_warnings_off_stdout(tmp_path: Path) -> None:
+    """`batchpoll config 2>&-`: a warning for stderr never falls back to stdout."""
+    result = await run_child(
+        ["config"], tmp_path, close_fd(2), stdout=PIPE, env_extra={"BATCHPOLL_RAT": "5"}
+    )
+    assert result.returncode == 0
+    assert b"rate" in result.stdout
+    assert b"warning" not in result.stdout
