@@ -23,6 +23,7 @@ from structlog.typing import FilteringBoundLogger
 
 from .config import Settings, describe
 from .errors import InputFileError, UsageError
+from .limits import fit_open_files
 from .shard import owned
 from .sink import (
     STDOUT,
@@ -57,6 +58,8 @@ def run_settings(settings: Settings, input_path: str, *, overwrite: bool = False
         secret=settings.api_key.reveal() if settings.api_key else None,
     )
     log = logs.get_logger()
+    if (raised := fit_open_files(settings)) is not None:
+        log.info("open_files_raised", soft_before=raised[0], soft=raised[1])
     for warning in settings.warnings:
         log.warning("config_warning", message=warning)
     prior = prepare_output(

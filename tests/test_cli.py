@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import os
 import re
+import resource
 import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -457,6 +458,36 @@ async def run_child(
 
     with anyio.fail_after(40):
         return await anyio.to_thread.run_sync(start)
+
+
+def limit_files(soft: int, hard: int) -> Callable[[], None]:
+    def preexec() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+    return preexec
+
+
+async def test_a_concurrency_the_files_limit_cannot_hold_fails_at_start(tmp_path: Path) -> None:
+    """Under soft = hard = 64 open files, --concurrency 200 exits 2 before any request."""
+    async with running_simulator(SIM) as sim:
+        args = run_args(sim, write_ids(tmp_path, ["a", "b"]), "--concurrency", "200")
+        result = await run_child(args, tmp_path, limit_files(64, 64), capture_output=True)
+        assert sim.stats.requests == 0
+    assert result.returncode == 2, result.stderr
+    assert b"concurrency=200 (from flag --concurrency): needs up to 232 open files" in result.stderr
+    assert b"(ulimit -n) is 64" in result.stderr
+
+
+async def test_the_soft_files_limit_is_raised_when_the_hard_one_allows(tmp_path: Path) -> None:
+    """Under soft 64 / hard 4096, --concurrency 200 raises the soft limit, logs it, and runs."""
+    ids = ids_ending("completed", 5)
+    async with running_simulator(SIM) as sim:
+        args = run_args(sim, write_ids(tmp_path, ids), "--concurrency", "200")
+        result = await run_child(args, tmp_path, limit_files(64, 4096), capture_output=True)
+    assert result.returncode == 0, result.stderr
+    assert len(lines(result.stdout)) == 5
+    raised = [e for e in lines(result.stderr) if e["event"] == "open_files_raised"]
+    assert [(e["soft_before"], e["soft"]) for e in raised] == [(64, 4096)]
 
 
 def close_fd(fd: int) -> Callable[[], None]:
