@@ -61,22 +61,23 @@ class Secret:
 class Settings:
     """Everything a run needs; times are seconds, ``rate`` is requests/second over all ids.
 
-    Values are validated by :func:`load_settings`, not here. ``sources`` maps each option name
+    Values are validated by :func:`load_settings`, not here; every duration within
+    MIN_SECONDS..MAX_SECONDS. ``sources`` maps each option name
     to where its value came from: ``default``, ``file PATH``, ``env NAME`` or ``flag --x``.
     """
 
     output: str = "-"  # JSON-lines sink; "-" is stdout
     base_url: str = "https://api.cekura.ai"  # http(s), host, no trailing "/"
     path: str = "/test_framework/v1/scenarios/scenario-agent-progress/"  # starts with "/"
-    concurrency: int = 32  # >= 1 requests in flight
-    rate: float = 10.0  # > 0 requests/second, all ids together
-    burst: int = 1  # >= 1 requests back-to-back above the rate
-    interval: float = 3.0  # > 0 s, first wait between two polls of one id
+    concurrency: int = 32  # 1..MAX_CONCURRENCY requests in flight
+    rate: float = 10.0  # MIN_RATE..MAX_RATE requests/second, all ids together
+    burst: int = 1  # 1..MAX_BURST requests back-to-back above the rate
+    interval: float = 3.0  # s, first wait between two polls of one id
     max_interval: float = 30.0  # >= interval, cap of the growing wait
-    timeout: float = 3600.0  # > 0 s per id from its first poll
-    deadline: float | None = None  # > 0 s for the whole run; None: no deadline
-    request_timeout: float = 30.0  # > 0 s for one HTTP attempt
-    max_retries: int = 8  # >= 1 consecutive transient failures that end an id as "error"
+    timeout: float = 3600.0  # s per id from its first poll
+    deadline: float | None = None  # s for the whole run; None: no deadline
+    request_timeout: float = 30.0  # s for one HTTP attempt
+    max_retries: int = 8  # 1..MAX_RETRIES consecutive transient failures that end an id as "error"
     resume: bool = False
     retry_statuses: frozenset[str] = frozenset()  # subset of records.ALL_STATUSES
     fail_on: frozenset[str] = DEFAULT_FAIL_ON
