@@ -2,7 +2,7 @@
 
 Precedence per key is flag > env > file > default. Every value remembers where it came from, so a
 bad one is reported with its source: ``rate='-1' (from env BATCHPOLL_RATE): must be between
-0.001 and 100000 requests/s``. A value that may be a secret (a URL with a password, something
+0.001 and 1000000 requests/s``. A value that may be a secret (a URL with a password, something
 shaped like a key) is masked in every message, and a long one is cut short.
 Pure: reads local files, never the network.
 """
@@ -235,10 +235,10 @@ def _base_url(raw: object, text: bool) -> str:
 #: Bounds of the numeric options. Beyond them nothing is useful and something downstream
 #: breaks: a rate of 1e-320 books requests 1/rate = inf seconds apart (the shared store's
 #: ceil(1e6 / rate) overflows), and the store counts whole microseconds, so above 1e6/s its
-#: spacing rounds to a wrong rate. One process sends some thousands of requests a second, and
-#: each request in flight holds a socket (see ``limits``).
+#: spacing rounds to a wrong rate. A rate of 1e6 is how "no limit" is written (one process
+#: sends some thousands a second). Each request in flight holds a socket (see ``limits``).
 MIN_RATE: Final = 0.001  # requests/s: one every ~17 min; AIMD may go 64 times lower still
-MAX_RATE: Final = 100_000.0
+MAX_RATE: Final = 1_000_000.0
 MAX_CONCURRENCY: Final = 10_000
 MAX_BURST: Final = 10_000
 MAX_RETRIES: Final = 1_000

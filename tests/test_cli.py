@@ -106,7 +106,7 @@ async def test_exit_3_on_a_refused_key_without_showing_it(tmp_path: Path) -> Non
 @pytest.mark.parametrize(
     ("args", "env", "needle"),
     [
-        (["--rate", "-1"], {}, b"rate='-1' (from flag --rate): must be between 0.001 and 100000"),
+        (["--rate", "-1"], {}, b"rate='-1' (from flag --rate): must be between 0.001 and 1000000"),
         (["--concurrency", "0"], {}, b"concurrency='0' (from flag --concurrency)"),
         ([], {"BATCHPOLL_INTERVAL": "soon"}, b"env BATCHPOLL_INTERVAL"),
         ([], {"CEKURA_API_KEY": ""}, b"CEKURA_API_KEY"),
