@@ -3,20 +3,148 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn
 
 import orjson
 
 from . import __version__
-from .config import Settings, describe, load_settings
-from .errors import BatchpollError, UsageError
+from .config import KEY_PLACES, Settings, describe, load_settings, shown
+from .errors import BatchpollError, InputFileError, UsageError, find_error
 
 SIGPIPE_EXIT = 141
-_E = TypeVar("_E", bound=BaseException)
+
+#: Which of the standard descriptors (0, 1, 2) were closed when ``main`` started; each now
+#: holds os.devnull. Set once per ``main``, read by ``run`` to refuse ``-`` on a closed one.
+closed_std: frozenset[int] = frozenset()
+
+# Option names that can only mean "here is my key" (compared lower-case, without - and _).
+_KEY_FLAGS = frozenset({"apikey", "cekuraapikey", "key", "apitoken", "token", "secret"})
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that never echoes what the user typed and never completes a prefix.
+
+    Stock argparse quotes bad values back (``invalid choice: 'sk_live_X'``, ``unrecognized
+    arguments: --apikey sk_live_X``) and takes a prefix for the option it starts
+    (``--api-key`` became ``--api-key-file``). A value on a command line may be a key, and
+    these messages end up in CI logs. Every error here is a UsageError naming the option, never
+    its value; subparsers are made of this class too (``add_parser`` uses the parent's).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["allow_abbrev"] = False
+        kwargs["exit_on_error"] = False  # ArgumentError reaches parse_known_args, below
+        self.option_names: list[str] = []  # before super(), which adds -h/--help
+        self.commands: dict[str, _Parser] = {}
+        super().__init__(*args, **kwargs)
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
+        action = super().add_argument(*args, **kwargs)
+        self.option_names.extend(action.option_strings)
+        return action
+
+    def parse_args(self, args: Any = None, namespace: Any = None) -> Any:
+        """Parse the whole command line; UsageError for anything left over or wrong."""
+        argv = list(sys.argv[1:] if args is None else args)
+        _refuse_key_flags(argv)
+        self._check_command(argv)
+        parsed, extras = self.parse_known_args(argv, namespace)
+        if extras:
+            command = self.commands.get(getattr(parsed, "command", None) or "")
+            raise UsageError(_leftovers(extras, command or self, self.option_names))
+        return parsed
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        try:
+            return super().parse_known_args(args, namespace)
+        except argparse.ArgumentError as exc:
+            raise UsageError(f"{_explain(exc)}; see {self.prog} --help") from None
+
+    def error(self, message: str) -> NoReturn:
+        # Reached for argparse's own checks after parsing, like "the following arguments are
+        # required: INPUT", which name arguments. Any other text is not passed on, in case.
+        safe = message.startswith(("the following arguments are required", "one of the argu"))
+        text = message if safe else "the command line cannot be parsed"
+        raise UsageError(f"{text}; see {self.prog} --help")
+
+    def _check_command(self, argv: Sequence[str]) -> None:
+        # The command is the first word that is not an option (the top parser's options take
+        # no value). Checked here, because argparse's own message quotes the word back.
+        word = next((a for a in argv if not a.startswith("-")), None)
+        if word is None or not self.commands or word in self.commands:
+            return
+        close = difflib.get_close_matches(word, list(self.commands), n=1)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        known = ", ".join(self.commands)
+        raise UsageError(f"unknown command (choose from {known}){hint}")
+
+
+def _explain(exc: argparse.ArgumentError) -> str:
+    """What went wrong with one argument, without the value argparse would quote."""
+    name, message = exc.argument_name, exc.message
+    where = f"argument {name}: " if name else ""
+    if message.startswith("invalid choice"):
+        choices = message.rpartition("(choose from ")[2].rstrip(")").replace("'", "")
+        return f"{where}invalid choice (choose from {choices})"
+    if match := re.match(r"invalid (\w+) value", message):
+        return f"{where}not a valid {match[1]}"
+    if message.startswith("ignored explicit argument"):
+        return f"{where}takes no value"
+    if message.startswith(("expected ", "not allowed with argument")):
+        return where + message
+    return f"{where}invalid value"
+
+
+def _option_name(arg: str) -> str:
+    """The option an unknown argument names: before any ``=``, or a short option's two
+    characters (``-xVALUE``)."""
+    name = arg.partition("=")[0] if arg.startswith("--") else arg[:2]
+    return str(shown(name))[:40]
+
+
+def _is_option(arg: str) -> bool:
+    # "-" is stdin and "-5" a negative number: argparse takes both as plain arguments.
+    return arg.startswith("-") and arg != "-" and not re.match(r"-\.?\d", arg)
+
+
+def _refuse_key_flags(argv: Sequence[str]) -> None:
+    for arg in argv:
+        if arg == "--":
+            return
+        if _is_option(arg) and re.sub(r"[-_]", "", _option_name(arg).lower()) in _KEY_FLAGS:
+            raise UsageError(
+                f"{_option_name(arg)}: batchpoll takes no API key on the command line, where "
+                f"every user of this machine can read it (the value is not shown): {KEY_PLACES}"
+            )
+
+
+def _leftovers(extras: Sequence[str], parser: _Parser, top_options: Sequence[str]) -> str:
+    """The message for arguments no option took: the unknown options by name, with the
+    closest known one; other arguments only counted."""
+    options = [_option_name(a) for a in extras if _is_option(a)]
+    # A word right after an unknown option is most likely its value: not worth a mention.
+    others = sum(
+        1
+        for i, arg in enumerate(extras)
+        if not _is_option(arg)
+        and not (i and _is_option(extras[i - 1]) and "=" not in extras[i - 1])
+    )
+    parts = []
+    for name in dict.fromkeys(options):
+        close = difflib.get_close_matches(name, [*parser.option_names, *top_options], n=1)
+        parts.append(f"unknown option {name}" + (f" (did you mean {close[0]}?)" if close else ""))
+    if others:
+        parts.append(
+            f"{others} unexpected argument{'s' if others > 1 else ''} "
+            "(not shown, in case one is a secret)"
+        )
+    return f"{'; '.join(parts)}; see {parser.prog} --help"
 
 
 def _run_parser(sub: Any) -> None:
@@ -78,8 +206,8 @@ def _settings_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def _parser(argv: Sequence[str] | None = None) -> _Parser:
+    parser = _Parser(
         prog="batchpoll",
         description="Poll many Cekura progress ids at once, within the API's limits.",
     )
@@ -99,39 +227,68 @@ def _parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     demo.add_argument("--ids", type=int, default=2000, metavar="N", help="how many ids (2000)")
     demo.add_argument("--seed", type=int, default=7)
     demo.add_argument("--dir", default="batchpoll-demo", help="where the ids and results go")
+    parser.commands = {name: p for name, p in sub.choices.items() if isinstance(p, _Parser)}
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the process exit code."""
-    args = _parser(argv).parse_args(argv)
-    command: Callable[[argparse.Namespace], int] = _COMMANDS[args.command]
+    global closed_std
+    closed_std = _occupy_closed_std()
     try:
+        args = _parser(argv).parse_args(argv)
+        command: Callable[[argparse.Namespace], int] = _COMMANDS[args.command]
         return command(args)
     except KeyboardInterrupt:
         return 130
     except BaseException as exc:
-        if (broken := _find(exc, BrokenPipeError)) is not None:
+        if (broken := find_error(exc, BrokenPipeError)) is not None:
             del broken
             # Like other Unix tools: a reader that went away is no error of ours to report.
             _silence_stdout()
             return SIGPIPE_EXIT
-        error = _find(exc, BatchpollError)
+        error = find_error(exc, BatchpollError)
         if error is None:
             raise
         print(f"batchpoll: error: {error}", file=sys.stderr)
         return error.exit_code
 
 
-def _find(exc: BaseException, kind: type[_E]) -> _E | None:
-    """The first *kind* in *exc*, looking inside exception groups (task groups raise those)."""
-    if isinstance(exc, kind):
-        return exc
-    if isinstance(exc, BaseExceptionGroup):
-        for inner in exc.exceptions:
-            if (found := _find(inner, kind)) is not None:
-                return found
-    return None
+def _occupy_closed_std() -> frozenset[int]:
+    """Put os.devnull on each of descriptors 0, 1, 2 that is closed; return which were.
+
+    Python starts with ``sys.stdin``/``stdout``/``stderr`` None for a closed descriptor, and
+    the next file opened takes the lowest free number: OUTPUT could become descriptor 2 and
+    receive the logs, or ``print(file=sys.stderr)`` could fall back to stdout. Taken by
+    os.devnull, each stays harmless; ``run`` refuses ``-`` on a closed one.
+    """
+    closed = set()
+    for fd, name in enumerate(("stdin", "stdout", "stderr")):
+        try:
+            os.fstat(fd)
+        except OSError:
+            # Lower descriptors are open by now, so this lands on fd itself or above it.
+            null = os.open(os.devnull, os.O_RDONLY if fd == 0 else os.O_WRONLY)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+            closed.add(fd)
+        if getattr(sys, name) is None:
+            # Closed at start, then perhaps taken by a file opened since: not ours to reuse.
+            # The stream lives as long as the process, like the one Python would have made.
+            target: int | str = fd if fd in closed else os.devnull
+            mode, buffering = ("r", -1) if fd == 0 else ("w", 1)  # 1: line-buffered
+            stream = open(  # noqa: SIM115
+                target,
+                mode,
+                buffering,
+                encoding="utf-8",
+                errors="backslashreplace",
+                closefd=fd not in closed,  # a path is opened and owned; fd is borrowed
+            )
+            setattr(sys, name, stream)
+            closed.add(fd)
+    return frozenset(closed)
 
 
 def _silence_stdout() -> None:
@@ -160,7 +317,11 @@ def _settings(args: argparse.Namespace, *, require_key: bool = True) -> Settings
 def _cmd_run(args: argparse.Namespace) -> int:
     from .runner import run_settings
 
+    if args.input == "-" and 0 in closed_std:
+        raise InputFileError("INPUT is - but stdin is closed: give a file of ids, or - < ids.txt")
     settings = _settings(args)
+    if settings.output == "-" and 1 in closed_std:
+        raise InputFileError("OUTPUT is - (stdout) but stdout is closed: give -o PATH")
     return run_settings(settings, args.input, overwrite=getattr(args, "overwrite", False))
 
 

@@ -1,7 +1,9 @@
 """Settings: one frozen value merged from flags, environment, a TOML file and defaults.
 
 Precedence per key is flag > env > file > default. Every value remembers where it came from, so a
-bad one is reported with its source: ``rate=-1.0 (from env BATCHPOLL_RATE): must be > 0``.
+bad one is reported with its source: ``rate='-1' (from env BATCHPOLL_RATE): must be between
+0.001 and 1000000 requests/s``. A value that may be a secret (a URL with a password, something
+shaped like a key) is masked in every message, and a long one is cut short.
 Pure: reads local files, never the network.
 """
 
@@ -59,22 +61,23 @@ class Secret:
 class Settings:
     """Everything a run needs; times are seconds, ``rate`` is requests/second over all ids.
 
-    Values are validated by :func:`load_settings`, not here. ``sources`` maps each option name
+    Values are validated by :func:`load_settings`, not here; every duration within
+    MIN_SECONDS..MAX_SECONDS. ``sources`` maps each option name
     to where its value came from: ``default``, ``file PATH``, ``env NAME`` or ``flag --x``.
     """
 
     output: str = "-"  # JSON-lines sink; "-" is stdout
     base_url: str = "https://api.cekura.ai"  # http(s), host, no trailing "/"
     path: str = "/test_framework/v1/scenarios/scenario-agent-progress/"  # starts with "/"
-    concurrency: int = 32  # >= 1 requests in flight
-    rate: float = 10.0  # > 0 requests/second, all ids together
-    burst: int = 1  # >= 1 requests back-to-back above the rate
-    interval: float = 3.0  # > 0 s, first wait between two polls of one id
+    concurrency: int = 32  # 1..MAX_CONCURRENCY requests in flight
+    rate: float = 10.0  # MIN_RATE..MAX_RATE requests/second, all ids together
+    burst: int = 1  # 1..MAX_BURST requests back-to-back above the rate
+    interval: float = 3.0  # s, first wait between two polls of one id
     max_interval: float = 30.0  # >= interval, cap of the growing wait
-    timeout: float = 3600.0  # > 0 s per id from its first poll
-    deadline: float | None = None  # > 0 s for the whole run; None: no deadline
-    request_timeout: float = 30.0  # > 0 s for one HTTP attempt
-    max_retries: int = 8  # >= 1 consecutive transient failures that end an id as "error"
+    timeout: float = 3600.0  # s per id from its first poll
+    deadline: float | None = None  # s for the whole run; None: no deadline
+    request_timeout: float = 30.0  # s for one HTTP attempt
+    max_retries: int = 8  # 1..MAX_RETRIES consecutive transient failures that end an id as "error"
     resume: bool = False
     retry_statuses: frozenset[str] = frozenset()  # subset of records.ALL_STATUSES
     fail_on: frozenset[str] = DEFAULT_FAIL_ON
@@ -97,7 +100,7 @@ class Settings:
     warnings: tuple[str, ...] = field(default=(), compare=False)  # for the CLI to log
 
 
-_KEY_PLACES: Final = (
+KEY_PLACES: Final = (
     "set CEKURA_API_KEY, pass --api-key-file PATH, or put api_key in ~/.cekura/config.toml"
 )
 
@@ -106,7 +109,7 @@ class MissingApiKey(ConfigError):
     """No API key in any of the places batchpoll looks; the message lists them."""
 
     def __init__(self, *, oauth_only: bool = False) -> None:
-        problem = f"no API key: {_KEY_PLACES}"
+        problem = f"no API key: {KEY_PLACES}"
         if oauth_only:
             problem += (
                 f". {_CEKURA_FILE} holds only OAuth tokens from the Cekura CLI, and this API "
@@ -229,12 +232,36 @@ def _base_url(raw: object, text: bool) -> str:
     return _str(raw, text).rstrip("/")
 
 
-def _positive(value: float | None) -> str | None:
-    return None if value is None or value > 0 else "must be > 0"
+#: Bounds of the numeric options. Beyond them nothing is useful and something downstream
+#: breaks: a rate of 1e-320 books requests 1/rate = inf seconds apart (the shared store's
+#: ceil(1e6 / rate) overflows), and the store counts whole microseconds, so above 1e6/s its
+#: spacing rounds to a wrong rate. A rate of 1e6 is how "no limit" is written (one process
+#: sends some thousands a second). Each request in flight holds a socket (see ``limits``).
+MIN_RATE: Final = 0.001  # requests/s: one every ~17 min; AIMD may go 64 times lower still
+MAX_RATE: Final = 1_000_000.0
+MAX_CONCURRENCY: Final = 10_000
+MAX_BURST: Final = 10_000
+MAX_RETRIES: Final = 1_000
+#: Every duration (interval, max_interval, timeout, deadline, request_timeout), in seconds.
+#: A millisecond is the timing wheel's finest bucket and the loop's timer grain; a year keeps
+#: every due time far inside what floats, the wheel's bucket numbers and the loop's timers hold.
+MIN_SECONDS: Final = 0.001
+MAX_SECONDS: Final = 365 * 24 * 3600.0
 
 
-def _at_least_one(value: int) -> str | None:
-    return None if value >= 1 else "must be >= 1"
+def _within(low: float, high: float, unit: str = "") -> Check:
+    text = f"must be between {low:.15g} and {high:.15g}{unit}"
+    if high == MAX_SECONDS:
+        text += " (a year)"
+
+    def check(value: float | None) -> str | None:
+        return None if value is None or low <= value <= high else text
+
+    return check
+
+
+_RATE: Final = _within(MIN_RATE, MAX_RATE, " requests/s")
+_SECONDS: Final = _within(MIN_SECONDS, MAX_SECONDS, " s")
 
 
 def _non_empty(value: str | None) -> str | None:
@@ -325,15 +352,15 @@ _SPECS: Final[Mapping[str, _Spec]] = {
     "output": _Spec(_str, (_non_empty,)),
     "base_url": _Spec(_base_url, (_http_url,)),
     "path": _Spec(_str, (_url_path,)),
-    "concurrency": _Spec(_int, (_at_least_one,)),
-    "rate": _Spec(_float, (_positive,)),
-    "burst": _Spec(_int, (_at_least_one,)),
-    "interval": _Spec(_float, (_positive,)),
-    "max_interval": _Spec(_float, (_positive,)),
-    "timeout": _Spec(_float, (_positive,)),
-    "deadline": _Spec(_optional(_float), (_positive,)),
-    "request_timeout": _Spec(_float, (_positive,)),
-    "max_retries": _Spec(_int, (_at_least_one,)),
+    "concurrency": _Spec(_int, (_within(1, MAX_CONCURRENCY),)),
+    "rate": _Spec(_float, (_RATE,)),
+    "burst": _Spec(_int, (_within(1, MAX_BURST),)),
+    "interval": _Spec(_float, (_SECONDS,)),
+    "max_interval": _Spec(_float, (_SECONDS,)),
+    "timeout": _Spec(_float, (_SECONDS,)),
+    "deadline": _Spec(_optional(_float), (_SECONDS,)),
+    "request_timeout": _Spec(_float, (_SECONDS,)),
+    "max_retries": _Spec(_int, (_within(1, MAX_RETRIES),)),
     "resume": _Spec(_bool),
     "retry_statuses": _Spec(_statuses),
     "fail_on": _Spec(_statuses),
@@ -394,7 +421,7 @@ def load_settings(
     _check_transport(values, sources)
     key_file = values.pop(_KEY_FILE, None)
     key_file_source = sources.pop(_KEY_FILE)
-    warnings = cekura.warnings + _sharing_warnings(values, sources)
+    warnings = cekura.warnings + _env_warnings(env) + _sharing_warnings(values, sources)
     settings = Settings(**values, sources=MappingProxyType(sources), warnings=warnings)
     found_key = _find_key(key_file, key_file_source, env, home, cekura)
     if found_key is None:
@@ -405,6 +432,25 @@ def load_settings(
 
 
 _KUBERNETES_SOURCE: Final = f"env {INDEX_ENV}/{COUNT_ENV}"
+_ENV_PREFIX: Final = "BATCHPOLL_"
+#: Every BATCHPOLL_* variable batchpoll reads: one per option (see ``_find``), the shard
+#: count of an Indexed Job (``shard``), and the event loop choice (``runner.loop_options``).
+KNOWN_ENV: Final[frozenset[str]] = frozenset(
+    [f"{_ENV_PREFIX}{name.upper()}" for name in _RESOLVED] + [COUNT_ENV, "BATCHPOLL_LOOP"]
+)
+
+
+def _env_warnings(env: Mapping[str, str]) -> tuple[str, ...]:
+    """One warning per BATCHPOLL_* variable that nothing reads, by name only: its value may
+    be anything, a key included. A misspelt ``BATCHPOLL_RAT=5`` would otherwise do nothing."""
+    warnings = []
+    for name in sorted(n for n in env if n.startswith(_ENV_PREFIX) and n not in KNOWN_ENV):
+        # Compared without the shared prefix, which would make every name look close.
+        suffixes = sorted(known.removeprefix(_ENV_PREFIX) for known in KNOWN_ENV)
+        close = difflib.get_close_matches(name.removeprefix(_ENV_PREFIX), suffixes, n=1)
+        hint = f"; did you mean {_ENV_PREFIX}{close[0]}?" if close else ""
+        warnings.append(f"environment variable {shown(name)} is not a batchpoll setting{hint}")
+    return tuple(warnings)
 
 
 def _kubernetes_shard(env: Mapping[str, str]) -> Shard | None:
@@ -415,7 +461,7 @@ def _kubernetes_shard(env: Mapping[str, str]) -> Shard | None:
         return shard_from_env(env)
     except ValueError as exc:
         pair = f"{env.get(INDEX_ENV, '')}/{env.get(COUNT_ENV, '')}"
-        raise ConfigError("shard", pair, _KUBERNETES_SOURCE, str(exc)) from None
+        raise ConfigError("shard", shown(pair), _KUBERNETES_SOURCE, str(exc)) from None
 
 
 def _sharing_warnings(values: Mapping[str, Any], sources: Mapping[str, str]) -> tuple[str, ...]:
@@ -452,7 +498,7 @@ def _check_transport(values: Mapping[str, Any], sources: Mapping[str, str]) -> N
     if not loopback:
         raise ConfigError(
             "base_url",
-            url,
+            shown(url),
             sources["base_url"],
             "plain http:// would send the API key in clear text: use https://, "
             "or pass --allow-insecure-http",
@@ -516,15 +562,41 @@ def _find(
 
 
 def _parse(name: str, spec: _Spec, raw: object, source: str, text: bool) -> Any:
-    # A store URL may hold a password: an error names the value with it masked.
-    shown = masked_url(raw) if name == "rate_store" and isinstance(raw, str) else raw
     try:
         value = spec.parse(raw, text)
     except (ValueError, TypeError) as exc:
-        raise ConfigError(name, shown, source, str(exc)) from None
+        raise ConfigError(name, shown(raw), source, str(exc)) from None
     for check in spec.checks:
         if (problem := check(value)) is not None:
-            raise ConfigError(name, shown, source, problem)
+            raise ConfigError(name, shown(raw), source, problem)
+    return value
+
+
+#: The most characters of a value a message shows; a longer one is cut, with its length told.
+SHOWN_CHARS: Final = 100
+#: Shaped like an API key: one word of 12+ characters mixing letters and digits, with no dot,
+#: slash or whitespace (so no path, number, URL, list or status name). Errs towards hiding.
+_KEY_SHAPE: Final = re.compile(r"(?=[^\d]*\d)(?=[^a-zA-Z]*[a-zA-Z])[^\s./\\]{12,}")
+HIDDEN: Final = "<hidden: looks like a key>"
+
+
+def shown(value: object) -> object:
+    """*value* as an error message may show it: a password in a URL (or any ``user@`` part)
+    masked, a key-shaped word hidden, and text over ``SHOWN_CHARS`` cut short.
+
+    A careless user puts a key or a URL with a password where any option goes, and error
+    messages end up in CI logs that many people read.
+    """
+    if not isinstance(value, str):
+        return value
+    if "://" in value:
+        value = masked_url(value)
+    elif "@" in value:
+        value = "***@" + value.rpartition("@")[2]
+    elif _KEY_SHAPE.fullmatch(value.strip()):
+        return HIDDEN
+    if len(value) > SHOWN_CHARS:
+        value = f"{value[:SHOWN_CHARS]}...[{len(value)} characters in all]"
     return value
 
 
@@ -533,11 +605,15 @@ def _read_config(path: str) -> dict[str, object]:
     try:
         data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
     except OSError as exc:
-        raise ConfigError("config", path, "flag --config", f"cannot read: {exc.strerror}") from None
+        raise ConfigError(
+            "config", shown(path), "flag --config", f"cannot read: {exc.strerror}"
+        ) from None
     except UnicodeDecodeError:
-        raise ConfigError("config", path, "flag --config", "is not UTF-8 text") from None
+        raise ConfigError("config", shown(path), "flag --config", "is not UTF-8 text") from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError("config", path, "flag --config", f"not valid TOML: {exc}") from None
+        raise ConfigError(
+            "config", shown(path), "flag --config", f"not valid TOML: {exc}"
+        ) from None
     source = f"file {path}"
     values: dict[str, object] = {}
     for key, value in data.items():
@@ -547,16 +623,16 @@ def _read_config(path: str) -> dict[str, object]:
                 key,
                 Secret(str(value)),
                 source,
-                f"the key is never read from this file; {_KEY_PLACES}",
+                f"the key is never read from this file; {KEY_PLACES}",
             )
         if name not in _RESOLVED:
             close = difflib.get_close_matches(name, list(_RESOLVED), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             # A string under a mistyped key may well be a secret: don't echo it.
-            shown = Secret(value) if isinstance(value, str) else value
-            raise ConfigError(key, shown, source, f"unknown key{hint}")
+            hidden = Secret(value) if isinstance(value, str) else shown(value)
+            raise ConfigError(key, hidden, source, f"unknown key{hint}")
         if name in values:
-            raise ConfigError(key, value, source, "is set twice (with '-' and with '_')")
+            raise ConfigError(key, shown(value), source, "is set twice (with '-' and with '_')")
         values[name] = value
     return values
 
@@ -584,14 +660,21 @@ def _find_key(
 def _read_key_file(path: str, source: str, home: Path | None) -> tuple[Secret, str]:
     if path == "~" or path.startswith("~/"):
         path = str((home or Path.home()) / path[2:])
+    name = shown(path)
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError(_KEY_FILE, path, source, f"cannot read: {exc.strerror}") from None
+        problem = f"cannot read: {exc.strerror}"
+        if name == HIDDEN:
+            # The usual slip: the key itself given where its file's path goes.
+            problem += (
+                "; this looks like a key, and --api-key-file takes the PATH of a file holding one"
+            )
+        raise ConfigError(_KEY_FILE, name, source, problem) from None
     except UnicodeDecodeError:
-        raise ConfigError(_KEY_FILE, path, source, "is not UTF-8 text") from None
+        raise ConfigError(_KEY_FILE, name, source, "is not UTF-8 text") from None
     if not text.strip():
-        raise ConfigError(_KEY_FILE, path, source, "is empty")
+        raise ConfigError(_KEY_FILE, name, source, "is empty")
     return _checked_key(text, f"file {path}"), f"file {path}"
 
 
@@ -607,8 +690,8 @@ class _CekuraFile:
         if value is None or (isinstance(value, str) and not value.strip()):
             return None
         if not isinstance(value, str):
-            shown = Secret(str(value)) if key == "api_key" else value
-            raise ConfigError(key, shown, _CEKURA_FILE, "must be a string")
+            hidden = Secret(str(value)) if key == "api_key" else shown(value)
+            raise ConfigError(key, hidden, _CEKURA_FILE, "must be a string")
         return value
 
     @property

@@ -21,8 +21,9 @@ import anyio.abc
 import orjson
 from structlog.typing import FilteringBoundLogger
 
-from .config import Settings, describe
+from .config import Settings, describe, shown
 from .errors import BatchpollError, InputFileError, UsageError, find_error
+from .limits import fit_open_files
 from .outfiles import OutputLock, RunFiles, check_replaceable, check_run_files, replace_file
 from .redact import mask_value
 from .shard import owned
@@ -65,6 +66,8 @@ def run_settings(settings: Settings, input_path: str, *, overwrite: bool = False
     secret = settings.api_key.reveal() if settings.api_key else None
     logs.configure(settings.log_format, settings.log_level, secret=secret)
     log = logs.get_logger()
+    if (raised := fit_open_files(settings)) is not None:
+        log.info("open_files_raised", soft_before=raised[0], soft=raised[1])
     for warning in settings.warnings:
         log.warning("config_warning", message=warning)
     _check_files(settings, input_path, overwrite=overwrite)
@@ -333,7 +336,8 @@ def _open_input(path: str) -> BinaryIO:
     try:
         return open(path, "rb")
     except OSError as exc:
-        raise InputFileError(f"cannot read input {path}: {exc.strerror}") from None
+        # shown(): a key pasted where INPUT goes must not come back in the message.
+        raise InputFileError(f"cannot read input {shown(path)}: {exc.strerror}") from None
 
 
 async def _read_chunks(source: BinaryIO) -> AsyncIterator[bytes]:

@@ -5,9 +5,13 @@ from __future__ import annotations
 import gc
 import os
 import re
+import resource
+import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from subprocess import PIPE
+from typing import Any
 
 import orjson
 import pytest
@@ -102,7 +106,7 @@ async def test_exit_3_on_a_refused_key_without_showing_it(tmp_path: Path) -> Non
 @pytest.mark.parametrize(
     ("args", "env", "needle"),
     [
-        (["--rate", "-1"], {}, b"rate='-1' (from flag --rate): must be > 0"),
+        (["--rate", "-1"], {}, b"rate='-1' (from flag --rate): must be between 0.001 and 1000000"),
         (["--concurrency", "0"], {}, b"concurrency='0' (from flag --concurrency)"),
         ([], {"BATCHPOLL_INTERVAL": "soon"}, b"env BATCHPOLL_INTERVAL"),
         ([], {"CEKURA_API_KEY": ""}, b"CEKURA_API_KEY"),
@@ -364,3 +368,173 @@ def test_a_run_raises_the_collector_threshold_and_restores_it() -> None:
     assert during[0][0] >= GC_GEN0_THRESHOLD
     assert during[0][1:] == before[1:]
     assert gc.get_threshold() == before
+
+
+SECRET = "sk_live_9f3c2a7b51d04e68"
+
+# Each way a careless user can hand argparse a secret; none may echo it.
+LEAKS = {
+    "api-key-flag": (["run", "ids.txt", "--api-key", SECRET], "CEKURA_API_KEY"),
+    "api-key-equals": (["config", f"--api-key={SECRET}"], "--api-key-file PATH"),
+    "api-key-on-simulate": (["simulate", "--api-key", SECRET], "~/.cekura/config.toml"),
+    "api-key-before-input": (["run", "--api-key", SECRET, "ids.txt"], "CEKURA_API_KEY"),
+    "near-miss": (["run", "ids.txt", "--apikey-file", SECRET], "did you mean --api-key-file?"),
+    "near-miss-equals": (["run", "ids.txt", f"--rat={SECRET}"], "did you mean --rate?"),
+    "extra-argument": (["run", "ids.txt", SECRET], "1 unexpected argument"),
+    "bad-command": ([SECRET, "ids.txt"], "unknown command"),
+    "close-command": (["rnu", SECRET], "did you mean run?"),
+    "bad-int": (["demo", "--ids", SECRET], "argument --ids: not a valid int"),
+    "bad-int-equals": (["simulate", f"--port={SECRET}"], "argument --port: not a valid int"),
+    "value-to-a-switch": (["run", "ids.txt", f"--resume={SECRET}"], "--resume: takes no value"),
+    "before-command": ([f"--token={SECRET}", "run", "ids.txt"], "no API key on the command line"),
+    "bad-setting": (["run", "ids.txt", "--rate", SECRET], "rate='<hidden"),
+}
+
+
+@pytest.mark.parametrize(("argv", "needle"), LEAKS.values(), ids=LEAKS.keys())
+def test_no_usage_error_echoes_what_was_typed(
+    argv: list[str], needle: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every usage error exits 2 naming the option, never the value typed after it."""
+    from batchpoll.cli import main
+
+    assert main(argv) == 2
+    out, err = capsys.readouterr()
+    assert SECRET not in out + err
+    assert needle in err
+    assert "Traceback" not in err
+
+
+def test_no_parser_completes_a_prefix() -> None:
+    """Abbreviations are off for the top parser and every command's parser."""
+    from batchpoll.cli import _parser
+
+    parser = _parser(["simulate"])
+    assert set(parser.commands) == {"run", "config", "report", "simulate", "demo"}
+    assert all(not p.allow_abbrev for p in [parser, *parser.commands.values()])
+
+
+async def test_api_key_flag_in_a_real_process_says_where_keys_go(tmp_path: Path) -> None:
+    """`--api-key VALUE` exits 2 naming the places a key goes, without echoing it."""
+    code, out, err = await batchpoll(["run", "-", "--api-key", SECRET], tmp_path, stdin=b"a\n")
+    assert code == 2
+    assert SECRET.encode() not in out + err
+    assert b"set CEKURA_API_KEY, pass --api-key-file PATH" in err
+    assert b"Traceback" not in err
+
+
+async def test_help_still_works(tmp_path: Path) -> None:
+    """`batchpoll --help` and `batchpoll run --help` print help and exit 0."""
+    top, run = await batchpoll(["--help"], tmp_path), await batchpoll(["run", "--help"], tmp_path)
+    assert (top[0], run[0]) == (0, 0)
+    assert b"COMMAND" in top[1]
+    assert b"--concurrency" in run[1]
+
+
+async def test_config_warns_about_an_unknown_env_var_by_name(tmp_path: Path) -> None:
+    """`batchpoll config` warns of BATCHPOLL_RAT with the near miss, never showing its value."""
+    code, out, err = await batchpoll(["config"], tmp_path, env={"BATCHPOLL_RAT": SECRET})
+    assert code == 0
+    assert b"BATCHPOLL_RAT is not a batchpoll setting; did you mean BATCHPOLL_RATE?" in err
+    assert SECRET.encode() not in out + err
+
+
+async def run_child(
+    args: Sequence[str],
+    tmp_path: Path,
+    preexec: Callable[[], None],
+    env_extra: Mapping[str, str] | None = None,
+    **streams: Any,
+) -> subprocess.CompletedProcess[bytes]:
+    """``python -m batchpoll ARGS`` with *preexec* run in the child first (a limit, a close)."""
+    import anyio
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BATCHPOLL_", "CEKURA_"))}
+    env |= {"HOME": str(tmp_path), "CEKURA_API_KEY": KEY, **(env_extra or {})}
+    cmd = [sys.executable, "-m", "batchpoll", *args]
+
+    def start() -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(cmd, env=env, preexec_fn=preexec, timeout=30, check=False, **streams)
+
+    with anyio.fail_after(40):
+        return await anyio.to_thread.run_sync(start)
+
+
+def limit_files(soft: int, hard: int) -> Callable[[], None]:
+    def preexec() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+    return preexec
+
+
+async def test_a_concurrency_the_files_limit_cannot_hold_fails_at_start(tmp_path: Path) -> None:
+    """Under soft = hard = 64 open files, --concurrency 200 exits 2 before any request."""
+    async with running_simulator(SIM) as sim:
+        args = run_args(sim, write_ids(tmp_path, ["a", "b"]), "--concurrency", "200")
+        result = await run_child(args, tmp_path, limit_files(64, 64), capture_output=True)
+        assert sim.stats.requests == 0
+    assert result.returncode == 2, result.stderr
+    assert b"concurrency=200 (from flag --concurrency): needs up to 232 open files" in result.stderr
+    assert b"(ulimit -n) is 64" in result.stderr
+
+
+async def test_the_soft_files_limit_is_raised_when_the_hard_one_allows(tmp_path: Path) -> None:
+    """Under soft 64 / hard 4096, --concurrency 200 raises the soft limit, logs it, and runs."""
+    ids = ids_ending("completed", 5)
+    async with running_simulator(SIM) as sim:
+        args = run_args(sim, write_ids(tmp_path, ids), "--concurrency", "200")
+        result = await run_child(args, tmp_path, limit_files(64, 4096), capture_output=True)
+    assert result.returncode == 0, result.stderr
+    assert len(lines(result.stdout)) == 5
+    raised = [e for e in lines(result.stderr) if e["event"] == "open_files_raised"]
+    assert [(e["soft_before"], e["soft"]) for e in raised] == [(64, 4096)]
+
+
+def close_fd(fd: int) -> Callable[[], None]:
+    return lambda: os.close(fd)
+
+
+async def test_input_dash_with_stdin_closed_exits_2(tmp_path: Path) -> None:
+    """`run - <&-`: exit 2 with a message on stderr, and no request sent."""
+    async with running_simulator(SIM) as sim:
+        args = ["run", "-", "-o", str(tmp_path / "out.jsonl"), "--base-url", sim.url]
+        result = await run_child(args, tmp_path, close_fd(0), capture_output=False, stderr=PIPE)
+        assert sim.stats.requests == 0
+    assert result.returncode == 2
+    assert b"INPUT is - but stdin is closed" in result.stderr
+    assert b"Traceback" not in result.stderr
+
+
+async def test_output_dash_with_stdout_closed_exits_2(tmp_path: Path) -> None:
+    """`run ids.txt -o - >&-`: exit 2 with a message on stderr, and no request sent."""
+    async with running_simulator(SIM) as sim:
+        args = run_args(sim, write_ids(tmp_path, ["a"]), "-o", "-")
+        result = await run_child(args, tmp_path, close_fd(1), stderr=PIPE)
+        assert sim.stats.requests == 0
+    assert result.returncode == 2
+    assert b"OUTPUT is - (stdout) but stdout is closed" in result.stderr
+    assert b"Traceback" not in result.stderr
+
+
+async def test_a_run_with_stderr_closed_finishes_and_keeps_output_clean(tmp_path: Path) -> None:
+    """`run ids.txt -o out.jsonl 2>&-`: exit 0, and OUTPUT holds only the records, no logs."""
+    ids = ids_ending("completed", 5)
+    out_path = tmp_path / "out.jsonl"
+    async with running_simulator(SIM) as sim:
+        args = run_args(sim, write_ids(tmp_path, ids), "-o", str(out_path), "--log-level", "debug")
+        result = await run_child(args, tmp_path, close_fd(2), stdout=PIPE)
+    assert result.returncode == 0
+    assert result.stdout == b""
+    records = lines(out_path.read_bytes())
+    assert sorted(r["progress_id"] for r in records) == sorted(ids)
+    assert all(set(r) >= {"progress_id", "status"} for r in records)
+
+
+async def test_config_with_stderr_closed_keeps_warnings_off_stdout(tmp_path: Path) -> None:
+    """`batchpoll config 2>&-`: a warning for stderr never falls back to stdout."""
+    result = await run_child(
+        ["config"], tmp_path, close_fd(2), stdout=PIPE, env_extra={"BATCHPOLL_RAT": "5"}
+    )
+    assert result.returncode == 0
+    assert b"rate" in result.stdout
+    assert b"warning" not in result.stdout
