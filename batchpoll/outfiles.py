@@ -39,15 +39,6 @@ def file_id(path: str) -> FileId | None:
     return st.st_dev, st.st_ino
 
 
-def fd_id(fd: int) -> FileId | None:
-    """The identity of what descriptor *fd* is open on, or None when it is not open."""
-    try:
-        st = os.fstat(fd)
-    except OSError:
-        return None
-    return st.st_dev, st.st_ino
-
-
 def _stdio_id(path: str, fd: int) -> FileId | None:
     """What *path* is: for ``-``, the file behind standard input/output (if a regular file)."""
     if path != STDIO:

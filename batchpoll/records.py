@@ -104,41 +104,23 @@ class Record:
 
     def to_json_line(self) -> bytes:
         """One JSON object and a newline, as written to the sink."""
+        doc = {
+            "progress_id": self.progress_id,
+            "status": self.status,
+            "mode": self.mode,
+            "session_id": self.session_id,
+            "result": self.result,
+            "error": self.error,
+            "polls": self.polls,
+            "first_poll_at": self.first_poll_at,
+            "last_poll_at": self.last_poll_at,
+            "elapsed_s": self.elapsed_s,
+            "last_api_status": self.last_api_status,
+        }
         if self.input_sha256 is not None:
-            return orjson.dumps(
-                {
-                    "progress_id": self.progress_id,
-                    "status": self.status,
-                    "mode": self.mode,
-                    "session_id": self.session_id,
-                    "result": self.result,
-                    "error": self.error,
-                    "polls": self.polls,
-                    "first_poll_at": self.first_poll_at,
-                    "last_poll_at": self.last_poll_at,
-                    "elapsed_s": self.elapsed_s,
-                    "last_api_status": self.last_api_status,
-                    "input_line": self.input_line,
-                    "input_sha256": self.input_sha256,
-                },
-                option=orjson.OPT_APPEND_NEWLINE,
-            )
-        return orjson.dumps(
-            {
-                "progress_id": self.progress_id,
-                "status": self.status,
-                "mode": self.mode,
-                "session_id": self.session_id,
-                "result": self.result,
-                "error": self.error,
-                "polls": self.polls,
-                "first_poll_at": self.first_poll_at,
-                "last_poll_at": self.last_poll_at,
-                "elapsed_s": self.elapsed_s,
-                "last_api_status": self.last_api_status,
-            },
-            option=orjson.OPT_APPEND_NEWLINE,
-        )
+            doc["input_line"] = self.input_line
+            doc["input_sha256"] = self.input_sha256
+        return orjson.dumps(doc, option=orjson.OPT_APPEND_NEWLINE)
 
 
 #: Starts every key of an invalid line's record. A valid id is printable, so it never holds
