@@ -21,6 +21,7 @@ import anyio.abc
 import orjson
 from structlog.typing import FilteringBoundLogger
 
+from . import fdio
 from .config import Settings, describe
 from .errors import InputFileError, UsageError
 from .shard import owned
@@ -244,10 +245,11 @@ def _open_input(path: str) -> BinaryIO:
 
 
 async def _read_chunks(source: BinaryIO) -> AsyncIterator[bytes]:
+    """The input's bytes as they come: from a pipe or terminal, each line as soon as it is
+    written (follow mode), and a cancel (a signal) ends the wait on an idle producer."""
     name = getattr(source, "name", "input")
-    afile = anyio.wrap_file(source)
     try:
-        while chunk := await afile.read(_CHUNK):
+        async for chunk in fdio.read_chunks(source.fileno(), _CHUNK):
             yield chunk
     except OSError as exc:
         raise InputFileError(f"cannot read input {name}: {exc.strerror}") from None
