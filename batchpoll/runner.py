@@ -42,6 +42,10 @@ if TYPE_CHECKING:
     from .progress import ProgressView
 
 _CHUNK = 64 * 1024
+#: Seconds the sink may take, after the first signal, to write the records of finished ids.
+STOP_GRACE_S = 3.0
+#: Seconds a second signal waits for the terminal to take the view's last frame.
+LAST_WORDS_S = 0.2
 #: The cyclic collector's first threshold during a run (CPython's default is 700).
 GC_GEN0_THRESHOLD = 7000
 
@@ -205,7 +209,7 @@ async def _run_engine(
             heartbeat_s=heartbeat_s,
             budget=budget,
         )
-        await tg.start(_stop_on_signal, engine, stats, log, view)
+        await tg.start(_stop_on_signal, engine, stats, log, view, tg.cancel_scope)
         items = owned(aiter_items(_read_chunks(source)), settings.shard)
         await engine.run(_skip_done(items, done))
         tg.cancel_scope.cancel()
@@ -216,23 +220,31 @@ async def _stop_on_signal(
     stats: RunStats,
     log: FilteringBoundLogger,
     view: ProgressView | None,
+    run_scope: anyio.CancelScope,
     *,
     task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
-    """SIGINT/SIGTERM stop the engine gracefully; a second one exits at once."""
+    """SIGINT/SIGTERM stop the engine gracefully; a second one exits at once.
+
+    After the first, the records of ids that finished still go to the sink; if its reader
+    (a pipe nobody drains) holds them past ``STOP_GRACE_S``, *run_scope* is cancelled and they
+    are left unwritten, counted as unfinished, so the exit still comes within 5 s.
+    """
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         task_status.started()
         async for signum in signals:
             if stats.signal is not None:
-                # Every write is a whole batch of lines, done before this handler runs, so
-                # leaving without cleanup still leaves only whole lines behind; only the
-                # terminal needs its cursor back.
+                # Every write to a file is a whole batch of lines, done before this handler
+                # runs, so leaving without cleanup still leaves only whole lines behind; only
+                # the terminal needs its cursor back, if it is being read.
                 if view is not None:
                     view.close()
-                os._exit(128 + signum)
+                fdio.settle(LAST_WORDS_S)
+                fdio.exit_now(128 + signum)
             stats.signal = signum
             log.warning("stopping", signal=signal.Signals(signum).name)
             engine.stop()
+            run_scope.deadline = min(run_scope.deadline, anyio.current_time() + STOP_GRACE_S)
 
 
 def _open_input(path: str) -> BinaryIO:

@@ -17,9 +17,11 @@ from dataclasses import dataclass, field
 from typing import BinaryIO, Final, Protocol
 
 import anyio
+import anyio.to_thread
 import orjson
 from anyio.streams.memory import MemoryObjectReceiveStream
 
+from . import fdio
 from .errors import InputFileError
 from .records import Record
 
@@ -70,7 +72,7 @@ class LineSink:
     file to ``gzip -d``/``zcat``, and a kill can tear only the member being written.
     """
 
-    __slots__ = ("_fd", "_fsync", "_gzip", "_owned", "path")
+    __slots__ = ("_fd", "_fsync", "_gzip", "_owned", "_waits", "path")
 
     def __init__(self, path: str, *, fsync: bool = False) -> None:
         """*fsync*: make each batch durable before returning (slower; survives power loss)."""
@@ -86,16 +88,24 @@ class LineSink:
             except OSError as exc:
                 raise InputFileError(f"cannot open output {path}: {exc.strerror}") from None
             self._owned = True
+        self._waits = fdio.waits(self._fd)
 
     async def write(self, records: Sequence[Record]) -> None:
-        # A blocking write: to a file it is fast, and a slow pipe should hold the run back.
         lines = b"".join([r.to_json_line() for r in records])
-        data = memoryview(gzip.compress(lines, mtime=0) if self._gzip else lines)
+        data = gzip.compress(lines, mtime=0) if self._gzip else lines
         try:
-            while data:
-                data = data[os.write(self._fd, data) :]
+            if self._waits:
+                # A pipe or terminal: a slow reader holds the run back, but on the loop, so
+                # a signal still ends the wait. Nothing to fsync there.
+                await fdio.write_all(self._fd, data)
+                return
+            # A file: a blocking write is fast, and inline is the cheapest path there is.
+            rest = memoryview(data)
+            while rest:
+                rest = rest[os.write(self._fd, rest) :]
             if self._fsync and self._owned:
-                os.fsync(self._fd)
+                # Milliseconds or more on a busy disk: off the loop, which polls meanwhile.
+                await anyio.to_thread.run_sync(os.fsync, self._fd)
         except BrokenPipeError:
             raise
         except OSError as exc:

@@ -132,3 +132,45 @@ async def test_a_signal_ends_a_run_waiting_on_idle_stdin(
                 with anyio.fail_after(5):
                     assert await proc.wait() == code
             assert fds[0] >= 0, "the producer's end stayed open throughout"
+
+
+@asynccontextmanager
+async def stdout_stuck(
+    sim: Simulator, tmp_path: Path, **kwargs: Any
+) -> AsyncIterator[anyio.abc.Process]:
+    """A run writing records to a stdout pipe nobody reads, once that pipe must be full."""
+    ids = ids_file(tmp_path, [f"stuck-{i}" for i in range(2000)])
+    # The read end stays open and unread until the child has gone.
+    with descriptors(*os.pipe()) as fds:
+        async with child(command(sim, str(ids)), tmp_path, stdout=fds[1], **kwargs) as proc:
+            os.close(fds[1])
+            fds[1] = -1
+            # 600 records of over 250 bytes are more than a 64 KiB pipe holds.
+            with anyio.fail_after(20):
+                await sim.wait_until(lambda st: st.requests >= 600)
+            yield proc
+
+
+async def test_sigterm_ends_a_run_whose_stdout_pipe_is_never_read(tmp_path: Path) -> None:
+    """Records on a stdout pipe nobody reads: SIGTERM still exits 143 within 5 s."""
+    async with running_simulator(AT_ONCE) as sim, stdout_stuck(sim, tmp_path) as proc:
+        proc.send_signal(signal.SIGTERM)
+        with anyio.fail_after(5):
+            assert await proc.wait() == 143
+
+
+async def test_a_second_sigterm_ends_a_stuck_sink_at_once(tmp_path: Path) -> None:
+    """A second SIGTERM exits 143 at once, not after the stuck sink's grace runs out."""
+    async with (
+        running_simulator(AT_ONCE) as sim,
+        stdout_stuck(sim, tmp_path, stderr=subprocess.PIPE) as proc,
+    ):
+        assert proc.stderr is not None
+        proc.send_signal(signal.SIGTERM)
+        seen = b""
+        with anyio.fail_after(5):
+            while b'"stopping"' not in seen:
+                seen += await proc.stderr.receive()
+        proc.send_signal(signal.SIGTERM)
+        with anyio.fail_after(1.5):  # the grace is 3 s
+            assert await proc.wait() == 143
