@@ -116,10 +116,14 @@ def run_settings(settings: Settings, input_path: str, *, overwrite: bool = False
         _write_summary(settings.summary, summary)
     if settings.junit:
         _write_junit(settings)
+    if lost := fdio.dropped():
+        log.warning("log_lines_dropped", writes=lost, reason="stderr was not being read")
     if sys.stderr.isatty():
         from .report import render
 
-        print(render(summary, width=shutil.get_terminal_size().columns), file=sys.stderr)
+        fdio.write_text(sys.stderr, render(summary, width=shutil.get_terminal_size().columns))
+    # A terminal or pipe nobody reads keeps what is left; nothing at exit waits on it.
+    fdio.settle(fdio.EXIT_WAIT_S)
     return code
 
 

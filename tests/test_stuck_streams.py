@@ -174,3 +174,23 @@ async def test_a_second_sigterm_ends_a_stuck_sink_at_once(tmp_path: Path) -> Non
         proc.send_signal(signal.SIGTERM)
         with anyio.fail_after(1.5):  # the grace is 3 s
             assert await proc.wait() == 143
+
+
+async def test_sigint_ends_a_run_whose_terminal_is_never_read(tmp_path: Path) -> None:
+    """stderr a terminal nobody reads, with debug logs and the live view: SIGINT exits 130
+    within 5 s and OUTPUT holds only whole lines."""
+    # flaky- ids fail every poll, so each poll logs a debug line: far more than a pty holds.
+    ids = ids_file(tmp_path, [f"flaky-{i}" for i in range(200)] + [f"ok-{i}" for i in range(300)])
+    out = tmp_path / "out.jsonl"
+    async with running_simulator(AT_ONCE) as sim:
+        master, slave = os.openpty()
+        with descriptors(master, slave):
+            cmd = command(sim, str(ids), "-o", str(out), "--log-level", "debug")
+            cmd += ["--max-retries", "1000000"]
+            async with child(cmd, tmp_path, stderr=slave, env=env(tmp_path, TERM="xterm")) as proc:
+                with anyio.fail_after(20):
+                    await sim.wait_until(lambda st: st.requests >= 3000)
+                proc.send_signal(signal.SIGINT)
+                with anyio.fail_after(5):
+                    assert await proc.wait() == 130
+    assert len(whole_records(out)) > 0
