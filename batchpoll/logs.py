@@ -23,6 +23,8 @@ import orjson
 import structlog
 from structlog.typing import EventDict, FilteringBoundLogger, Processor, WrappedLogger
 
+from . import fdio
+
 MASK = "***"
 
 #: Takes one rendered log line, without its newline.
@@ -72,17 +74,26 @@ def use_colour(stream: TextIO) -> bool:
 
 
 class _Lines:
-    """Where rendered lines go: the configured stream, or a ``LineWriter`` while one is routed."""
+    """Where rendered lines go: the configured stream, or a ``LineWriter`` while one is routed.
 
-    __slots__ = ("stream", "to")
+    A stream on a pipe or terminal is written through its ``fdio.Outlet``, so a reader that
+    stopped reading never holds up the thread logging (the event loop's): lines wait in a
+    bounded queue, or are dropped, instead.
+    """
+
+    __slots__ = ("_out", "stream", "to")
 
     def __init__(self, stream: TextIO) -> None:
         self.stream = stream
         self.to: LineWriter | None = None
+        self._out = fdio.outlet_for(stream)
 
     def write_text(self, line: str) -> None:
         if (to := self.to) is not None:
             to(line)
+            return
+        if (out := self._out) is not None:
+            out.write((line + "\n").encode(self.stream.encoding or "utf-8", "replace"))
             return
         self.stream.write(line + "\n")
         self.stream.flush()
@@ -92,6 +103,9 @@ class _Lines:
             to(line.decode("utf-8", "replace"))
             return
         # One write of a whole line, as structlog's BytesLogger does.
+        if (out := self._out) is not None:
+            out.write(line + b"\n")
+            return
         buffer = self.stream.buffer
         buffer.write(line + b"\n")
         buffer.flush()

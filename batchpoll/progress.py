@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import Callable
 from contextlib import ExitStack
 from types import TracebackType
-from typing import Final, Self, TextIO
+from typing import Final, Self, TextIO, cast
 
 from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
 from rich.live import Live
@@ -26,10 +26,12 @@ from rich.segment import Segment
 from rich.table import Table
 from rich.text import Text
 
-from . import logs
+from . import fdio, logs
 from .stats import Facts, Rate, RunStats, facts
 
 _BAR_WIDTH: Final = 30
+#: Seconds close() waits for the ticker's last tick.
+_JOIN_S: Final = 1.0
 _GOOD: Final = frozenset({"completed"})
 _BAD: Final = frozenset({"failed", "error", "timed_out", "not_found", "rejected", "invalid_input"})
 
@@ -84,6 +86,36 @@ class _Rendered:
         yield Segment.line()  # print() ends only str and Text with its `end`
 
 
+class _OutletText:
+    """The text stream rich writes to when the terminal has an ``fdio.Outlet``: a frame goes
+    out whole, waits in the outlet's queue, or is dropped; the ticker never waits on it."""
+
+    def __init__(self, stream: TextIO, out: fdio.Outlet) -> None:
+        self._stream = stream
+        self._out = out
+        self.encoding = stream.encoding or "utf-8"
+
+    def write(self, text: str) -> int:
+        self._out.write(text.encode(self.encoding, "replace"))
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return self._stream.isatty()
+
+    def fileno(self) -> int:
+        return self._out.fd
+
+
+def _text_out(stream: TextIO) -> TextIO:
+    """*stream* itself, or a stand-in writing through its outlet (a pipe or terminal)."""
+    out = fdio.outlet_for(stream)
+    # Duck-typed: rich uses only write, flush, isatty, fileno and encoding.
+    return stream if out is None else cast("TextIO", _OutletText(stream, out))
+
+
 class ProgressView:
     """A rich Live display on stderr, refreshed on a timer (about 4 Hz) from RunStats; never
     per event. Log lines print above it while it is up; at exit its last frame stays.
@@ -114,7 +146,10 @@ class ProgressView:
         self._ticker: threading.Thread | None = None
         self._exit: ExitStack | None = None
         self._console = Console(
-            file=stream, no_color=not logs.use_colour(stream), highlight=False, markup=False
+            file=_text_out(stream),
+            no_color=not logs.use_colour(stream),
+            highlight=False,
+            markup=False,
         )
         # stdout may be the JSON-lines OUTPUT, so it is never redirected. Stray writes to
         # sys.stderr (warnings, a library's print) are, when the view owns sys.stderr.
@@ -179,7 +214,9 @@ class ProgressView:
     def _halt(self) -> None:
         self._stop.set()
         if self._ticker is not None:
-            self._ticker.join()
+            # Its writes never wait on the terminal (see _text_out), so a tick ends soon;
+            # bounded all the same, since a second signal closes the view before exiting.
+            self._ticker.join(_JOIN_S)
             self._ticker = None
 
     def _flush(self) -> None:

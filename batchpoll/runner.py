@@ -21,6 +21,7 @@ import anyio.abc
 import orjson
 from structlog.typing import FilteringBoundLogger
 
+from . import fdio
 from .config import Settings, describe, shown
 from .errors import BatchpollError, InputFileError, UsageError, find_error
 from .limits import fit_open_files
@@ -47,6 +48,10 @@ if TYPE_CHECKING:
     from .progress import ProgressView
 
 _CHUNK = 64 * 1024
+#: Seconds the sink may take, after the first signal, to write the records of finished ids.
+STOP_GRACE_S = 3.0
+#: Seconds a second signal waits for the terminal to take the view's last frame.
+LAST_WORDS_S = 0.2
 #: The cyclic collector's first threshold during a run (CPython's default is 700).
 GC_GEN0_THRESHOLD = 7000
 
@@ -191,10 +196,14 @@ def _run_and_report(
             raise
     if failure is not None:
         raise failure
+    if lost := fdio.dropped():
+        log.warning("log_lines_dropped", writes=lost, reason="stderr was not being read")
     if sys.stderr.isatty():
         from .report import render
 
-        print(render(summary, width=shutil.get_terminal_size().columns), file=sys.stderr)
+        fdio.write_text(sys.stderr, render(summary, width=shutil.get_terminal_size().columns))
+    # A terminal or pipe nobody reads keeps what is left; nothing at exit waits on it.
+    fdio.settle(fdio.EXIT_WAIT_S)
     return code
 
 
@@ -300,7 +309,7 @@ async def _run_engine(
             heartbeat_s=heartbeat_s,
             budget=budget,
         )
-        await tg.start(_stop_on_signal, engine, stats, log, view)
+        await tg.start(_stop_on_signal, engine, stats, log, view, tg.cancel_scope)
         items = owned(aiter_items(_read_chunks(source)), settings.shard)
         await engine.run(_skip_done(items, done))
         tg.cancel_scope.cancel()
@@ -311,23 +320,31 @@ async def _stop_on_signal(
     stats: RunStats,
     log: FilteringBoundLogger,
     view: ProgressView | None,
+    run_scope: anyio.CancelScope,
     *,
     task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
-    """SIGINT/SIGTERM stop the engine gracefully; a second one exits at once."""
+    """SIGINT/SIGTERM stop the engine gracefully; a second one exits at once.
+
+    After the first, the records of ids that finished still go to the sink; if its reader
+    (a pipe nobody drains) holds them past ``STOP_GRACE_S``, *run_scope* is cancelled and they
+    are left unwritten, counted as unfinished, so the exit still comes within 5 s.
+    """
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         task_status.started()
         async for signum in signals:
             if stats.signal is not None:
-                # Every write is a whole batch of lines, done before this handler runs, so
-                # leaving without cleanup still leaves only whole lines behind; only the
-                # terminal needs its cursor back.
+                # Every write to a file is a whole batch of lines, done before this handler
+                # runs, so leaving without cleanup still leaves only whole lines behind; only
+                # the terminal needs its cursor back, if it is being read.
                 if view is not None:
                     view.close()
-                os._exit(128 + signum)
+                fdio.settle(LAST_WORDS_S)
+                fdio.exit_now(128 + signum)
             stats.signal = signum
             log.warning("stopping", signal=signal.Signals(signum).name)
             engine.stop()
+            run_scope.deadline = min(run_scope.deadline, anyio.current_time() + STOP_GRACE_S)
 
 
 def _open_input(path: str) -> BinaryIO:
@@ -341,10 +358,11 @@ def _open_input(path: str) -> BinaryIO:
 
 
 async def _read_chunks(source: BinaryIO) -> AsyncIterator[bytes]:
+    """The input's bytes as they come: from a pipe or terminal, each line as soon as it is
+    written (follow mode), and a cancel (a signal) ends the wait on an idle producer."""
     name = getattr(source, "name", "input")
-    afile = anyio.wrap_file(source)
     try:
-        while chunk := await afile.read(_CHUNK):
+        async for chunk in fdio.read_chunks(source.fileno(), _CHUNK):
             yield chunk
     except OSError as exc:
         raise InputFileError(f"cannot read input {name}: {exc.strerror}") from None

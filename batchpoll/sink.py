@@ -21,9 +21,11 @@ from dataclasses import dataclass, field
 from typing import BinaryIO, Final, Protocol
 
 import anyio
+import anyio.to_thread
 import orjson
 from anyio.streams.memory import MemoryObjectReceiveStream
 
+from . import fdio
 from .errors import InputFileError
 from .outfiles import OutputLock, replace_file
 from .records import ALL_STATUSES, Record, record_key
@@ -83,7 +85,7 @@ class LineSink:
     from masked copies of its records.
     """
 
-    __slots__ = ("_fd", "_fsync", "_gzip", "_needle", "_owned", "_secret", "path")
+    __slots__ = ("_fd", "_fsync", "_gzip", "_needle", "_owned", "_secret", "_waits", "path")
 
     def __init__(
         self,
@@ -114,6 +116,7 @@ class LineSink:
             except OSError as exc:
                 raise InputFileError(f"cannot open output {path}: {exc.strerror}") from None
             self._owned = True
+        self._waits = fdio.waits(self._fd)
 
     def encode(self, records: Sequence[Record]) -> bytes:
         """The batch as the bytes to write: JSON lines, the secret masked, gzip for ``.gz``."""
@@ -125,13 +128,20 @@ class LineSink:
         return gzip.compress(lines, mtime=0) if self._gzip else lines
 
     async def write(self, records: Sequence[Record]) -> None:
-        # A blocking write: to a file it is fast, and a slow pipe should hold the run back.
-        data = memoryview(self.encode(records))
+        data = self.encode(records)
         try:
-            while data:
-                data = data[os.write(self._fd, data) :]
+            if self._waits:
+                # A pipe or terminal: a slow reader holds the run back, but on the loop, so
+                # a signal still ends the wait. Nothing to fsync there.
+                await fdio.write_all(self._fd, data)
+                return
+            # A file: a blocking write is fast, and inline is the cheapest path there is.
+            rest = memoryview(data)
+            while rest:
+                rest = rest[os.write(self._fd, rest) :]
             if self._fsync and (self._owned or self.path != STDOUT):
-                os.fsync(self._fd)
+                # Milliseconds or more on a busy disk: off the loop, which polls meanwhile.
+                await anyio.to_thread.run_sync(os.fsync, self._fd)
         except BrokenPipeError:
             raise
         except OSError as exc:

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import threading
+
 import orjson
 import structlog
 from helpers import FakeStream
 
+from batchpoll.fdio import outlet_for
 from batchpoll.logs import Redactor, configure, get_logger, use_console
 
 SECRET = "sk-live-0123456789"
@@ -50,3 +55,35 @@ def test_json_lines_at_the_chosen_level_with_the_key_masked() -> None:
     assert event["event"] == "shown"
     assert event["key"] == "***"
     assert event["level"] == "warning"
+
+
+def _filled_pipe() -> tuple[int, int]:
+    """A pipe whose write end takes no more, as when its reader stopped reading."""
+    r, w = os.pipe()
+    os.set_blocking(w, False)
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            os.write(w, b"x" * 4096)
+    os.set_blocking(w, True)
+    return r, w
+
+
+def test_logging_to_a_pipe_nobody_reads_never_waits() -> None:
+    """Log lines to a full pipe nobody reads return at once: queued, then dropped and counted."""
+    r, w = _filled_pipe()
+    stream = open(w, "w", encoding="utf-8")  # noqa: SIM115  # closed below, with r
+    try:
+        configure("json", "info", secret=None, stream=stream)
+        log = get_logger()
+        worker = threading.Thread(target=lambda: [log.info("line", n=i) for i in range(20_000)])
+        worker.start()
+        worker.join(10)
+        assert not worker.is_alive(), "a log call waited on the pipe"
+        out = outlet_for(stream)
+        assert out is not None
+        assert out.dropped > 0
+    finally:
+        structlog.reset_defaults()
+        os.close(r)  # first: a write stuck on the pipe then fails and lets go
+        with contextlib.suppress(OSError):
+            stream.close()

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import re
 import sys
 import textwrap
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -326,3 +328,26 @@ def test_bar_in_a_real_terminal(tmp_path: Path, extra_env: dict[str, str], colou
         _visible(p) for p in pieces if b"after_view" in p
     ]
     assert b"200/200" in raw[:shown].rsplit(b"\x1b[2K", 1)[-1]
+
+
+def test_the_view_on_a_terminal_nobody_reads_closes_at_once(plain_env: None) -> None:
+    """Frames and log lines for a terminal nobody reads never hold up close()."""
+    master, slave = os.openpty()
+    screen = open(slave, "w", encoding="utf-8")  # noqa: SIM115  # closed below, with master
+    try:
+        logs.configure("console", "info", secret=None, stream=screen)
+        log = logs.get_logger()
+
+        def run() -> None:
+            with ProgressView(RunStats(), stream=screen, refresh_per_second=50):
+                for i in range(20_000):
+                    log.info("line", n=i)
+
+        worker = threading.Thread(target=run, daemon=True)
+        worker.start()
+        worker.join(10)
+        assert not worker.is_alive(), "the view waited on the terminal"
+    finally:
+        os.close(master)  # first: a write stuck on the terminal then fails and lets go
+        with contextlib.suppress(OSError):
+            screen.close()
