@@ -22,10 +22,11 @@ from .engine import Engine
 from .errors import InputFileError
 from .logs import configure, get_logger
 from .outfiles import OutputLock, check_replaceable, replace_file
+from .output_file import prepare_output, read_lines, record_of
 from .report import render
 from .runner import loop_options
 from .simulator import SimSettings, running_simulator
-from .sink import LineSink, prepare_output, read_lines, record_of
+from .sink import LineSink
 from .source import Item, item_key, iter_items
 from .stats import RunStats
 

@@ -3,7 +3,7 @@
 batchpoll truncates, replaces or deletes only what it can prove it wrote. Before the first
 request ``check_run_files`` refuses (``InputFileError``, exit 2) any plan that would write over
 the input or over another of its own files, or into a place it cannot write; the callers prove
-a file's contents are batchpoll's (``sink.scan_output`` for records). ``OutputLock`` makes a
+a file's contents are batchpoll's (``output_file.scan_output`` for records). ``OutputLock`` makes a
 file one run's for as long as the run lasts, and ``replace_file`` swaps a file's contents
 without changing what the file is: a symlink stays a link, mode and owner are kept, and no
 temporary file outlives a failure.

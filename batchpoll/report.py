@@ -6,19 +6,15 @@ report of OUTPUT and the summary of the run that wrote it agree.
 
 from __future__ import annotations
 
-import gzip
-import io
 import shutil
-import sys
 import unicodedata
-import zlib
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, TextIO
 
 import orjson
 
-from .errors import InputFileError
+from .output_file import Reading, read_records
 from .records import record_key
 from .stats import CAUSES, Tally, exit_code
 
@@ -62,62 +58,12 @@ def row_of(record: Mapping[str, Any]) -> Row | None:
     )
 
 
-def read_records(path: str) -> Iterator[dict[str, Any]]:
-    """Stream the records of a JSON-lines OUTPUT file (gzip when *path* ends in ``.gz``).
-
-    ``-`` reads standard input. Lines that are not records (blank, not JSON, not an object with
-    a string ``progress_id`` and ``status``) are skipped, and so is a torn last line left by a
-    killed run. Raises ``InputFileError`` (when iteration starts) if the file cannot be read.
-    """
-    if path == _STDIN:
-        yield from _records(sys.stdin.buffer, path)
-        return
-    with _open(path) as f:
-        yield from _records(f, path)
-
-
-def _open(path: str) -> io.BufferedIOBase:
-    try:
-        if path.endswith(".gz"):
-            # Opening reads nothing yet: a file that is not gzip fails in _records.
-            return gzip.open(path)
-        return open(path, "rb")
-    except OSError as exc:
-        raise InputFileError(f"cannot read records {path}: {exc.strerror or exc}") from None
-
-
-def _records(f: Iterable[bytes], path: str) -> Iterator[dict[str, Any]]:
-    try:
-        for line in f:
-            try:
-                obj = orjson.loads(line)
-            except orjson.JSONDecodeError:
-                continue  # garbage, or the torn last line of a killed run
-            if (
-                isinstance(obj, dict)
-                and isinstance(obj.get("progress_id"), str)
-                and isinstance(obj.get("status"), str)
-            ):
-                yield obj
-    except EOFError:
-        return  # a gzip stream cut short: the same as a torn last line
-    except (OSError, zlib.error) as exc:
-        # gzip.BadGzipFile is an OSError too.
-        reason = getattr(exc, "strerror", None) or exc
-        raise InputFileError(f"cannot read records {path}: {reason}") from None
-
-
-def _latest(records: Iterable[Mapping[str, Any]]) -> dict[str, Row]:
-    """One row per id, the last record's facts, in the order ids were first seen.
-
-    Holds one small ``Row`` per distinct id (never a ``result``): about 200 bytes each.
-    """
-    rows: dict[str, Row] = {}
+def _rows(records: Iterable[Mapping[str, Any]]) -> Iterator[Row]:
+    """The report facts of each record, in order (one small ``Row`` each, never a result)."""
     for record in records:
         row = row_of(record)
         if row is not None:
-            rows[record_key(row.progress_id, row.status, record.get("input_sha256"))] = row
-    return rows
+            yield row
 
 
 def _tally(rows: Iterable[Row], fail_on: frozenset[str]) -> Tally:
@@ -128,8 +74,21 @@ def _tally(rows: Iterable[Row], fail_on: frozenset[str]) -> Tally:
 
 
 def summarize(records: Iterable[Mapping[str, Any]], fail_on: frozenset[str]) -> dict[str, Any]:
-    """``Tally.facts()`` over *records*, keeping only the last record of an id seen twice."""
-    return _tally(_latest(records).values(), fail_on).facts()
+    """``Tally.facts()`` over *records*, as ``output_file.read_records`` gives them: one per
+    key, the first (a key read again is counted once)."""
+    return _tally(_rows(_first_per_key(records)), fail_on).facts()
+
+
+def _first_per_key(records: Iterable[Mapping[str, Any]]) -> Iterator[Mapping[str, Any]]:
+    seen: set[str] = set()
+    for record in records:
+        pid, status = record.get("progress_id"), record.get("status")
+        if isinstance(pid, str) and isinstance(status, str):
+            key = record_key(pid, status, record.get("input_sha256"))
+            if key in seen:
+                continue
+            seen.add(key)
+        yield record
 
 
 def report_main(path: str, *, as_json: bool, fail_on: frozenset[str], out: TextIO) -> int:
@@ -139,11 +98,14 @@ def report_main(path: str, *, as_json: bool, fail_on: frozenset[str], out: TextI
     (id, status, error). JSON: the summary, indented, with every failed id under ``failed``.
     Raises ``InputFileError`` when *path* cannot be read.
     """
-    rows = _latest(read_records(path))
-    summary = _tally(rows.values(), fail_on).facts()
+    reading = Reading()
+    rows = list(_rows(read_records(path, reading)))
+    summary = _tally(rows, fail_on).facts()
     code = exit_code(summary["by_status"], fail_on)
+    summary["duplicates_dropped"] = reading.duplicates
+    summary["not_records"] = reading.not_records
     summary["exit_code"] = code
-    failed = [row for row in rows.values() if row.status in fail_on]
+    failed = [row for row in rows if row.status in fail_on]
     if as_json:
         summary["failed"] = [
             {"progress_id": row.progress_id, "status": row.status, "error": row.error}
@@ -207,6 +169,10 @@ def _status_table(by_status: Mapping[str, int], width: int) -> list[str]:
 def _fact_lines(s: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
     if s.get("resumed"):
         yield "resumed", f"{s['resumed']} records kept from an earlier run"
+    if s.get("duplicates_dropped"):
+        yield "duplicates", f"{s['duplicates_dropped']} later records of an id left out"
+    if s.get("not_records"):
+        yield "not records", f"{s['not_records']} lines that are no batchpoll record, left out"
     if "requests" in s:
         yield "requests", str(s["requests"])
     if "retries" in s:

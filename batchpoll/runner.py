@@ -26,18 +26,16 @@ from .config import Settings, describe, shown
 from .errors import BatchpollError, InputFileError, UsageError, find_error
 from .limits import fit_open_files
 from .outfiles import OutputLock, RunFiles, check_replaceable, check_run_files, replace_file
+from .output_file import Prior, prepare_output, read_lines, read_records
 from .redact import mask_value
 from .shard import owned
 from .sink import (
     STDOUT,
     LineSink,
-    Prior,
     RecordSink,
     SplitSink,
     TeeSink,
     check_split_files,
-    prepare_output,
-    read_lines,
     split_names,
 )
 from .source import Item, aiter_items, item_key
@@ -77,13 +75,12 @@ def run_settings(settings: Settings, input_path: str, *, overwrite: bool = False
         log.warning("config_warning", message=warning)
     _check_files(settings, input_path, overwrite=overwrite)
     source = _open_input(input_path)
-    if settings.output != STDOUT:
-        lock: OutputLock | None = OutputLock(settings.output, "output")
-    elif _regular_file(1):
-        lock = OutputLock("(standard output)", "output", fd=1)  # `>> out.jsonl`: one writer too
-    else:
-        lock = None
+    lock: OutputLock | None = None
     try:
+        if settings.output != STDOUT:
+            lock = OutputLock(settings.output, "output")
+        elif _regular_file(1):
+            lock = OutputLock("(standard output)", "output", fd=1)  # `>> out.jsonl`: one writer
         prior = Prior()
         if lock is not None and settings.output != STDOUT:
             prior = prepare_output(
@@ -260,7 +257,6 @@ def _split_sink(settings: Settings, secret: str | None) -> list[SplitSink]:
 
 def _write_junit(settings: Settings, secret: str | None) -> None:
     from .junit import write_junit
-    from .report import read_records
 
     records = read_records(settings.output)
     if secret is not None:

@@ -12,8 +12,9 @@ import orjson
 import pytest
 
 from batchpoll.errors import InputFileError
+from batchpoll.output_file import Reading, read_records
 from batchpoll.records import Record
-from batchpoll.report import read_records, render, report_main, summarize
+from batchpoll.report import render, report_main, summarize
 from batchpoll.stats import DEFAULT_FAIL_ON, RunStats
 
 
@@ -68,13 +69,17 @@ def test_torn_last_line_is_skipped(tmp_path: Path, name: str) -> None:
     ]
 
 
-def test_truncated_gzip_stream_ends_the_records(tmp_path: Path) -> None:
-    """A .gz cut short (no end-of-stream marker) yields what it holds and no error."""
+def test_a_torn_gzip_member_is_left_out_as_resume_cuts_it(tmp_path: Path) -> None:
+    """A .gz whose last member is cut short yields the whole members' records, no error."""
     path = tmp_path / "out.jsonl.gz"
-    data = gzip.compress(b"".join(r.to_json_line() for r in sample()))
-    path.write_bytes(data[: len(data) - 20])
-    got = list(read_records(str(path)))
-    assert 0 < len(got) <= 30
+    records = sample()
+    whole = gzip.compress(b"".join(r.to_json_line() for r in records[:10]))
+    torn = gzip.compress(b"".join(r.to_json_line() for r in records[10:]))
+    path.write_bytes(whole + torn[: len(torn) - 20])
+    reading = Reading()
+    got = list(read_records(str(path), reading))
+    assert [r["progress_id"] for r in got] == [r.progress_id for r in records[:10]]
+    assert reading.torn == len(torn) - 20
 
 
 def test_lines_that_are_not_records_are_skipped(tmp_path: Path) -> None:
@@ -110,7 +115,7 @@ def unreadable(tmp_path: Path, kind: str) -> Path:
     [
         ("missing", "No such file"),
         ("directory", "Is a directory"),
-        ("not-gzip", "Not a gzipped file"),
+        ("not-gzip", "is not gzip"),
     ],
     ids=["missing", "directory", "not-gzip"],
 )
@@ -119,7 +124,7 @@ def test_unreadable_file_is_an_input_file_error(tmp_path: Path, kind: str, messa
     path = unreadable(tmp_path, kind)
     with pytest.raises(InputFileError, match=message) as caught:
         list(read_records(str(path)))
-    assert str(caught.value).startswith(f"cannot read records {path}: ")
+    assert str(path) in str(caught.value)
 
 
 def test_summarize_equals_the_run_tally_for_the_same_records(tmp_path: Path) -> None:
@@ -132,12 +137,12 @@ def test_summarize_equals_the_run_tally_for_the_same_records(tmp_path: Path) -> 
     assert summarize(read_records(str(path)), DEFAULT_FAIL_ON) == stats.tally.facts()
 
 
-def test_summarize_keeps_the_last_record_of_a_repeated_id() -> None:
-    """An id seen twice counts once, with its last record's status."""
+def test_summarize_keeps_the_first_record_of_a_repeated_id() -> None:
+    """An id seen twice counts once, with its first record's status, as --resume keeps it."""
     rows = [
-        {"progress_id": "a", "status": "error", "error": "HTTP 503"},
-        {"progress_id": "b", "status": "completed"},
         {"progress_id": "a", "status": "completed"},
+        {"progress_id": "b", "status": "completed"},
+        {"progress_id": "a", "status": "error", "error": "HTTP 503"},
     ]
     facts = summarize(rows, DEFAULT_FAIL_ON)
     assert (facts["records"], facts["by_status"], facts["failed"]) == (2, {"completed": 2}, [])

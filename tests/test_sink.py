@@ -11,8 +11,9 @@ from hypothesis import strategies as st
 
 from batchpoll.errors import InputFileError
 from batchpoll.outfiles import OutputLock
+from batchpoll.output_file import Prior, prepare_output
 from batchpoll.records import Record
-from batchpoll.sink import LineSink, Prior, SplitSink, prepare_output
+from batchpoll.sink import LineSink, SplitSink
 
 
 def rec(pid: str, status: str = "completed") -> bytes:
