@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import ipaddress
 import math
+import os
 import re
 import stat
 import tomllib
@@ -410,7 +411,11 @@ def load_settings(
         sources[name] = "default"
         if (found := _find(name, given, env, from_file, f"file {config_path}")) is not None:
             values[name], sources[name] = _parse(name, spec, *found), found[1]
-    cekura = _read_cekura_file(home)
+    # Read only when something may come from it: the base URL, or the key (when no flag,
+    # env or settings file gives one), so a run fully set up elsewhere never touches it.
+    needs_key = not env.get("CEKURA_API_KEY") and _KEY_FILE not in values
+    wanted = sources["base_url"] == "default" or needs_key
+    cekura = _read_cekura_file(home) if wanted else _CekuraFile({})
     if sources["base_url"] == "default" and (url := cekura.string("api_url")) is not None:
         # The official CLI's own setting: below every batchpoll layer, above the default.
         values["base_url"] = _parse("base_url", _SPECS["base_url"], url, _CEKURA_FILE, False)
@@ -421,7 +426,12 @@ def load_settings(
     _check_transport(values, sources)
     key_file = values.pop(_KEY_FILE, None)
     key_file_source = sources.pop(_KEY_FILE)
-    warnings = cekura.warnings + _env_warnings(env) + _sharing_warnings(values, sources)
+    warnings = (
+        cekura.warnings
+        + _env_warnings(env)
+        + _sharing_warnings(values, sources)
+        + _ignored_warnings(values, sources, env)
+    )
     settings = Settings(**values, sources=MappingProxyType(sources), warnings=warnings)
     found_key = _find_key(key_file, key_file_source, env, home, cekura)
     if found_key is None:
@@ -481,6 +491,25 @@ def _sharing_warnings(values: Mapping[str, Any], sources: Mapping[str, str]) -> 
             f"shard {shard} without rate_store: each of the {shard.count} processes keeps its "
             f"own rate budget, so together they may send {shard.count} x rate requests/s; "
             "give --rate-store to share one budget, or divide --rate by the shard count"
+        )
+    return tuple(warnings)
+
+
+def _ignored_warnings(
+    values: Mapping[str, Any], sources: Mapping[str, str], env: Mapping[str, str]
+) -> tuple[str, ...]:
+    """Settings given that would silently do nothing: said before the run starts."""
+    warnings: list[str] = []
+    if values.get("retry_statuses") and not values.get("resume", False):
+        warnings.append(
+            f"retry_statuses (from {sources['retry_statuses']}) does nothing without --resume: "
+            "it names the records of an earlier run to poll again"
+        )
+    if env.get(INDEX_ENV, "").strip() and values.get("shard") is None:
+        warnings.append(
+            f"{INDEX_ENV} is set (a Kubernetes Indexed Job) but {COUNT_ENV} is not, so this "
+            f"pod polls every id, as every other pod of the Job does: set {COUNT_ENV} to the "
+            "Job's completions to shard the ids"
         )
     return tuple(warnings)
 
@@ -587,6 +616,12 @@ def shown(value: object) -> object:
     A careless user puts a key or a URL with a password where any option goes, and error
     messages end up in CI logs that many people read.
     """
+    if isinstance(value, Mapping):
+        # A table may hold anything, a key or a password included: name its shape only.
+        return f"<a table of {len(value)} keys>"
+    if isinstance(value, list | tuple):
+        # A short array is shown item by item (each item shown by these rules); a long one not.
+        return [shown(item) for item in value] if len(value) <= 10 else f"<{len(value)} items>"
     if not isinstance(value, str):
         return value
     if "://" in value:
@@ -600,14 +635,48 @@ def shown(value: object) -> object:
     return value
 
 
+#: The most a settings or key file may hold; anything larger is a mistake (a symlink to
+#: /dev/zero, a log file), and reading it whole would take the memory.
+MAX_CONFIG_BYTES: Final = 1 << 20
+
+
+class _Unreadable(Exception):
+    """A settings file that is there but is no text file to read; the message says why."""
+
+
+def read_text_file(path: str | Path, *, cap: int = MAX_CONFIG_BYTES) -> str:
+    """A small text file's contents: a regular file (links followed) of at most *cap* bytes,
+    UTF-8 with or without a BOM.
+
+    Opened without blocking, so a FIFO in its place cannot hang the start (it is refused as
+    not a regular file). Raises ``OSError`` (cannot open), ``_Unreadable`` (not a regular
+    file, too large) or ``UnicodeDecodeError``.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise _Unreadable("is not a regular file")
+        chunks, size = [], 0
+        while chunk := os.read(fd, 64 * 1024):
+            size += len(chunk)
+            if size > cap:
+                raise _Unreadable(f"is larger than {cap} bytes")
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+    return b"".join(chunks).decode("utf-8-sig")
+
+
 def _read_config(path: str) -> dict[str, object]:
     """The option values of a batchpoll TOML file, keyed by field name."""
     try:
-        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        data = tomllib.loads(read_text_file(path))
     except OSError as exc:
         raise ConfigError(
             "config", shown(path), "flag --config", f"cannot read: {exc.strerror}"
         ) from None
+    except _Unreadable as exc:
+        raise ConfigError("config", shown(path), "flag --config", str(exc)) from None
     except UnicodeDecodeError:
         raise ConfigError("config", shown(path), "flag --config", "is not UTF-8 text") from None
     except tomllib.TOMLDecodeError as exc:
@@ -618,9 +687,11 @@ def _read_config(path: str) -> dict[str, object]:
     values: dict[str, object] = {}
     for key, value in data.items():
         name = key.replace("-", "_")
+        # The key's name is the file's text too: of any length, perhaps a pasted secret.
+        label = str(shown(key))
         if name == "api_key":
             raise ConfigError(
-                key,
+                label,
                 Secret(str(value)),
                 source,
                 f"the key is never read from this file; {KEY_PLACES}",
@@ -628,11 +699,12 @@ def _read_config(path: str) -> dict[str, object]:
         if name not in _RESOLVED:
             close = difflib.get_close_matches(name, list(_RESOLVED), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
-            # A string under a mistyped key may well be a secret: don't echo it.
+            # A string under a mistyped key may well be a secret, and a table may hold one
+            # (a [cekura] table with its api_key): neither is echoed.
             hidden = Secret(value) if isinstance(value, str) else shown(value)
-            raise ConfigError(key, hidden, source, f"unknown key{hint}")
+            raise ConfigError(label, hidden, source, f"unknown key{hint}")
         if name in values:
-            raise ConfigError(key, shown(value), source, "is set twice (with '-' and with '_')")
+            raise ConfigError(label, shown(value), source, "is set twice (with '-' and with '_')")
         values[name] = value
     return values
 
@@ -657,12 +729,18 @@ def _find_key(
     return None
 
 
+#: A key file holds one key: a few hundred bytes at most.
+_MAX_KEY_FILE_BYTES: Final = 64 * 1024
+
+
 def _read_key_file(path: str, source: str, home: Path | None) -> tuple[Secret, str]:
     if path == "~" or path.startswith("~/"):
         path = str((home or Path.home()) / path[2:])
     name = shown(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = read_text_file(path, cap=_MAX_KEY_FILE_BYTES)
+    except _Unreadable as exc:
+        raise ConfigError(_KEY_FILE, name, source, str(exc)) from None
     except OSError as exc:
         problem = f"cannot read: {exc.strerror}"
         if name == HIDDEN:
@@ -706,10 +784,12 @@ def _read_cekura_file(home: Path | None) -> _CekuraFile:
     except RuntimeError:  # no home directory to look in
         return _CekuraFile({})
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_text_file(path)
         mode = path.stat().st_mode
     except FileNotFoundError:
         return _CekuraFile({})
+    except _Unreadable as exc:
+        raise ConfigError("api_key", None, _CEKURA_FILE, str(exc)) from None
     except OSError as exc:
         raise ConfigError("api_key", None, _CEKURA_FILE, f"cannot read: {exc.strerror}") from None
     except UnicodeDecodeError:

@@ -572,7 +572,7 @@ def test_bad_key_file_names_the_path(tmp_path: Path, content: str | None, proble
 
 def test_key_file_that_is_a_directory(tmp_path: Path) -> None:
     """A key file path naming a directory is a ConfigError, not a traceback."""
-    with pytest.raises(ConfigError, match="cannot read"):
+    with pytest.raises(ConfigError, match="not a regular file"):
         load(tmp_path, key_file=str(tmp_path))
 
 
