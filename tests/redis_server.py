@@ -31,10 +31,11 @@ def free_port() -> int:
 class RedisServer:
     """One redis-server process on ``port``, started and stopped by the test; restartable."""
 
-    def __init__(self, port: int, workdir: Path) -> None:
+    def __init__(self, port: int, workdir: Path, extra: tuple[str, ...] = ()) -> None:
         self.port = port
         self.url = f"redis://{HOST}:{port}/0"
         self._workdir = workdir
+        self._extra = extra  # more redis-server options, e.g. ("--cluster-enabled", "yes")
         self._proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -51,6 +52,7 @@ class RedisServer:
             REDIS_SERVER,
             "--bind", HOST, "--port", str(self.port), "--save", "", "--appendonly", "no",
             "--dir", str(self._workdir), "--daemonize", "no", "--loglevel", "warning",
+            *self._extra,
         ]  # fmt: skip
 
     def stop(self) -> None:
@@ -83,11 +85,11 @@ class RedisServer:
         pytest.fail(f"redis-server on port {self.port} did not answer PING within 10 s")
 
 
-def running_redis(workdir: Path) -> Iterator[RedisServer]:
+def running_redis(workdir: Path, extra: tuple[str, ...] = ()) -> Iterator[RedisServer]:
     """Body of a fixture: a started server on a free port, stopped after the test."""
     if REDIS_SERVER is None:
         pytest.skip("redis-server is not installed (make unit installs it from Debian's packages)")
-    server = RedisServer(free_port(), workdir)
+    server = RedisServer(free_port(), workdir, extra)
     server.start()
     try:
         yield server
