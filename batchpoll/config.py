@@ -375,7 +375,8 @@ _SPECS: Final[Mapping[str, _Spec]] = {
     "allow_insecure_http": _Spec(_bool),
     "shard": _Spec(_optional(_shard)),
     "rate_store": _Spec(_optional(_str), (_non_empty, _store_url)),
-    "rate_key": _Spec(_str, (_non_empty,)),
+    # Trimmed: " g4" from a hand-edited file must share g4's budget, not make a second one.
+    "rate_key": _Spec(lambda raw, text: _str(raw, text).strip(), (_non_empty,)),
 }
 # api_key_file is resolved like an option but is not a Settings field: it only leads to the key.
 _RESOLVED: Final[Mapping[str, _Spec]] = {**_SPECS, _KEY_FILE: _Spec(_str, (_non_empty,))}

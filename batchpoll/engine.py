@@ -31,7 +31,7 @@ from structlog.typing import FilteringBoundLogger
 from .adaptive import Aimd
 from .channels import Handoff, Mailbox
 from .config import Settings
-from .errors import BatchpollError
+from .errors import BatchpollError, RateStoreError
 from .lifecycle import Policy, SharedMillisecond, Slot, advance, expired, finish, note_sent
 from .ratelimit import Gcra, paced
 from .ratestore import SharedBudget
@@ -281,7 +281,7 @@ class Engine:
                 await self._emit(rec_tx, finish(slot, "timed_out", self._policy))
                 continue
             if self._budget is not None:
-                if not await self._shared_turn(slot, now):
+                if not await self._shared_turn(slot, now, rec_tx):
                     continue
                 now = self._clock()
             else:
@@ -305,12 +305,13 @@ class Engine:
             # At most `concurrency` are in flight, so a worker is idle or about to be.
             due.put(slot)
 
-    async def _shared_turn(self, slot: Slot, now: float) -> bool:
+    async def _shared_turn(self, slot: Slot, now: float, rec_tx: _Records) -> bool:
         """With a shared budget: whether *slot* may go now; if not, it is held until it may.
 
         The grant is booked in Redis before the wait (the store's clock decides), so a held
         slot keeps its grant; a pause learnt locally meanwhile voids it, since sending on it
-        would go out during the pause.
+        would go out during the pause. Raises RateStoreError when the store refused for too
+        long, after turning the answers that came in meanwhile into records.
         """
         assert self._budget is not None
         if self._paused_until > now:
@@ -321,7 +322,12 @@ class Engine:
         if self._grant is None:
             # Held while Redis answers, so a deadline cancelling the wait still finds it.
             self._held = slot
-            wait = await self._budget.reserve()
+            try:
+                wait = await self._budget.reserve()
+            except RateStoreError:
+                # Answers that came in while the store refused are records to keep, not lose.
+                await self._take_results(rec_tx)
+                raise
             self._held = None
             now = self._clock()
             self._grant = now + wait

@@ -6,7 +6,7 @@
      ├─ UsageError (2)        bad flags or arguments
      ├─ ConfigError (2)       a setting with a bad value, named with where it came from
      ├─ InputFileError (2)    the input or output file cannot be used
-     ├─ RateStoreError (2)    the shared rate store (--rate-store) cannot be used at start
+     ├─ RateStoreError (2)    the shared rate store (--rate-store) cannot be used
      └─ AuthRefused (3)       the API answered 401/403: every other id would fail the same way
 
 Per-id failures (404, 400, retries used up, timeouts) are records, not exceptions:
@@ -63,10 +63,11 @@ class InputFileError(BatchpollError):
 
 
 class RateStoreError(BatchpollError):
-    """The shared rate store cannot be used at start: unreachable, refused, or no client.
+    """The shared rate store cannot be used: at start unreachable, refusing, or no client;
+    later, refusing every call for 30 s.
 
-    The message names the store's URL with any password masked. Once a run has started, a lost
-    store is waited for, not raised.
+    The message names the store's URL with any password masked. Once a run has started, an
+    unreachable store is waited for, not raised.
     """
 
     exit_code = 2

@@ -1,17 +1,27 @@
 """One rate budget and one 429 pause, shared through Redis by every process using one key.
 
 The GCRA of ``ratelimit`` runs inside Redis, one Lua script per grant, on the server's clock
-(``TIME``), so processes on hosts whose clocks disagree still book on one timeline. Two keys,
-each expiring by itself once it no longer holds anything:
+(``TIME``), so processes on hosts whose clocks disagree still book on one timeline. The keys
+and scripts are in ``storescripts``.
 
-    {key}:tat    GCRA theoretical arrival time of the next request, server-time microseconds
-    {key}:pause  deadline of the shared 429 pause, server-time microseconds
+A store can fail in two ways, and they are told apart:
 
-While Redis is unreachable nothing is granted: ``reserve`` retries with capped backoff and
-returns only once a grant is booked, so losing Redis slows a run down, never speeds it up.
-Each process also remembers the latest ``tat`` and pause it has seen and sends them with every
-grant, so a Redis restarted without its data cannot forget a running pause or hand out again
-the capacity those processes already booked.
+- **Unreachable** (connection refused or reset, a timeout, a server still loading): nothing is
+  granted; ``book`` retries with capped backoff and returns only once a grant is booked, so
+  losing Redis slows a run down, never speeds it up. It may last as long as the run.
+- **Refusing** (an error reply: out of memory, read-only, a cluster slot elsewhere, an ACL, a
+  value batchpoll did not write): also nothing granted, but a store that refuses rarely heals
+  by itself, so once every call has been refused for ``refusal_limit_s`` (30 s), ``book``
+  raises RateStoreError and the run ends (exit 2). At start, either ends the run at once.
+
+Each process remembers the latest ``tat`` and pause it has seen and sends them with every call,
+and re-writes a running pause every ``REPUBLISH_S`` (``keep_pause``), so a Redis restarted
+without its data cannot forget a pause or hand out again the capacity already booked.
+
+Times read from the store are bounded, as a stepped clock or a foreign value could otherwise
+stop every process for hours: a pause never lasts past ``LONGEST_PAUSE_S`` from now (it is cut
+to that), and a booking more than ``max(MIN_AHEAD_S, (burst + SHARERS) / rate)`` ahead is
+dropped; either is corrected in the store too, and logged (``rate_store_wait_capped``).
 
 The ``redis`` package is an optional extra (``pip install 'batchpoll[redis]'``), imported only
 when a store is connected.
@@ -19,7 +29,6 @@ when a store is connected.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import time
 from dataclasses import dataclass
@@ -29,76 +38,39 @@ from typing import TYPE_CHECKING, Any, Final
 import anyio
 from structlog.typing import FilteringBoundLogger
 
+from . import storescripts as scripts
 from .backoff import retry_delay
 from .config import masked_url
 from .errors import RateStoreError
 from .ratelimit import check_rate
+from .storescripts import Reply, Unusable
 
 if TYPE_CHECKING:
     from types import TracebackType
 
     from redis.asyncio import Redis
 
-#: Seconds to wait before retrying a lost store: full jitter from the first, doubling to the cap.
+#: Seconds to wait before retrying a failed call: full jitter from the first, doubling to the cap.
 RETRY_BASE_S: Final = 0.05
 RETRY_CAP_S: Final = 1.0
 #: Seconds one connection attempt or one reply may take before the store counts as lost.
 SOCKET_TIMEOUT_S: Final = 2.0
-
-# Lua 5.1 numbers are doubles: microseconds since 1970 (~1.8e15) are exact below 2^53 (~9e15).
-# Values are written with %.0f, since Redis would turn a bare number into a string its own way,
-# possibly in exponent form.
-_NOW: Final = """
-if redis.replicate_commands then redis.replicate_commands() end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local function put(key, value)
-  -- Kept 1 s past the moment it stops mattering, then gone.
-  local ttl = math.ceil((value - now) / 1000) + 1000
-  redis.call('SET', key, string.format('%.0f', value), 'PX', string.format('%.0f', ttl))
-end
-"""
-
-# KEYS: tat, pause. ARGV: interval (us per request), tolerance ((burst - 1) intervals, us),
-# the latest tat and pause deadline this caller has seen (us, 0 for none).
-# Returns {wait, tat, pause, now}: wait in us from now; the rest in server-time us.
-_RESERVE: Final = (
-    _NOW
-    + """
-local interval, tolerance = tonumber(ARGV[1]), tonumber(ARGV[2])
-local stored_pause = tonumber(redis.call('GET', KEYS[2]) or 0)
-local pause = math.max(stored_pause, tonumber(ARGV[4]))
-if pause > now and pause > stored_pause then put(KEYS[2], pause) end
--- A pause moves "now" to its deadline: grants booked during it are spaced out from there,
--- instead of all falling due at the deadline together.
-local start = math.max(now, pause)
--- GCRA "virtual scheduling", as in batchpoll/ratelimit.py.
-local tat = math.max(tonumber(redis.call('GET', KEYS[1]) or 0), tonumber(ARGV[3]), start)
-local send_at = math.max(start, tat - tolerance)
-tat = tat + interval
-put(KEYS[1], tat)
-return {send_at - now, tat, pause, now}
-"""
-)
-
-# KEYS: pause. ARGV: seconds of pause, in us (0 only reads). Returns {deadline in force, now}.
-_PAUSE: Final = (
-    _NOW
-    + """
-local deadline = now + tonumber(ARGV[1])
-local current = tonumber(redis.call('GET', KEYS[1]) or 0)
-if deadline > now and deadline > current then
-  put(KEYS[1], deadline)
-  current = deadline
-end
-return {current, now}
-"""
-)
-
-
-def _sha(script: str) -> str:
-    # What SCRIPT LOAD answers, so EVALSHA can be tried before any load.
-    return hashlib.sha1(script.encode()).hexdigest()
+#: Seconds a store may refuse every call before the run ends (exit 2).
+REFUSAL_LIMIT_S: Final = 30.0
+#: Seconds between two re-writes of a running pause, so a store restarted empty has it back
+#: before a process that connects to it afterwards polls.
+REPUBLISH_S: Final = 0.1
+#: The longest pause batchpoll sets: backoff.parse_retry_after's cap on a Retry-After.
+LONGEST_PAUSE_S: Final = 6 * 3600.0
+# As the scripts take it: a second over, for a pause dated by this host's clock while lost.
+_LONGEST_US: Final = round((LONGEST_PAUSE_S + 1.0) * 1e6)
+# A booking further ahead than this is a stepped clock or a foreign value. Each process holds
+# at most one grant at a time (the engine books for the slot it holds), so a sane store is
+# never more than (sharing processes + burst) intervals ahead; SHARERS is a generous count of
+# those, and the floor keeps fast rates from calling a short wait suspect. Dropping a bad time
+# lets at most the grants then outstanding overlap new ones, once.
+MIN_AHEAD_S: Final = 60.0
+SHARERS: Final = 1000
 
 
 def _wall_us() -> int:
@@ -121,25 +93,32 @@ class SharedBudget:
     """One rate budget and one pause shared by every process using the same key.
 
     Make one with :meth:`connect`. Every process sharing a key should use the same ``rate`` and
-    ``burst``: each grant is spaced by the interval its caller asks for.
+    ``burst``: each grant is spaced by the interval its caller asks for. The rate each process
+    declared is kept in the store, and a different one is logged (``rate_store_rate_differs``).
     """
 
     __slots__ = (
+        "_ahead_us",
         "_burst",
         "_client",
+        "_declared",
         "_interval_us",
         "_key",
+        "_keys",
         "_log",
-        "_lost_since",
+        "_news",
         "_offset_us",
-        "_pause_key",
         "_pause_seen",
         "_rate",
+        "_rate_warned",
+        "_refusal_limit_s",
+        "_refused_since",
         "_rng",
         "_shown",
-        "_tat_key",
         "_tat_seen",
         "_tolerance_us",
+        "_trouble",
+        "_trouble_since",
     )
 
     def __init__(
@@ -152,6 +131,7 @@ class SharedBudget:
         burst: int,
         log: FilteringBoundLogger,
         rng: Random | None = None,
+        refusal_limit_s: float = REFUSAL_LIMIT_S,
     ) -> None:
         """Use :meth:`connect`; this only wires an already made client."""
         if burst < 1:
@@ -159,18 +139,30 @@ class SharedBudget:
         self._client = client
         self._shown = shown_url
         self._key = key
-        self._tat_key, self._pause_key = f"{key}:tat", f"{key}:pause"
+        self._keys = scripts.keys_of(key)
         self._log = log
         self._rng = rng or Random()
         self._burst = burst
+        check_rate(rate)
+        # What this process was told to book at, before any AIMD change: the rate compared
+        # with the other processes'.
+        self._declared = float(rate)
         self._rate = 0.0
-        self._interval_us = self._tolerance_us = 0
+        self._interval_us = self._tolerance_us = self._ahead_us = 0
         self.set_rate(rate)
+        self._refusal_limit_s = refusal_limit_s
         # Server-time microseconds: the latest tat and pause deadline any reply showed us.
         self._tat_seen = self._pause_seen = 0
         # Server time minus local wall time (us), to date a pause set while the store is lost.
         self._offset_us = 0
-        self._lost_since: float | None = None  # monotonic s; None while the store answers
+        # "lost" or "refused" from a failed call until one gets through; since when (monotonic
+        # s), and since when every call was refused, with nothing unreachable in between.
+        self._trouble: str | None = None
+        self._trouble_since = 0.0
+        self._refused_since: float | None = None
+        self._rate_warned = False
+        # Set when a pause starts or moves out, to wake keep_pause; made by keep_pause.
+        self._news: anyio.Event | None = None
 
     @classmethod
     async def connect(
@@ -182,12 +174,15 @@ class SharedBudget:
         burst: int,
         log: FilteringBoundLogger,
         rng: Random | None = None,
+        refusal_limit_s: float = REFUSAL_LIMIT_S,
     ) -> SharedBudget:
-        """Connect to the store at *url* and check that it runs our scripts.
+        """Connect to the store at *url* and check that it runs our scripts and takes writes.
 
         ``rate`` in requests per second (finite, > 0), ``burst`` requests (>= 1). Raises
         RateStoreError (exit code 2) when the ``redis`` package is missing or the store cannot
-        be reached or used; its message names the URL with any password masked.
+        be reached, refuses, or holds values batchpoll did not write; its message names the URL
+        with any password masked. Later, a store refusing every call for *refusal_limit_s*
+        seconds makes :meth:`book` raise RateStoreError.
         """
         shown = masked_url(url)
         try:
@@ -212,25 +207,37 @@ class SharedBudget:
             )
         except ValueError as exc:
             raise RateStoreError(f"the rate store {shown} is not a usable URL: {exc}") from None
-        budget = cls(client, shown_url=shown, key=key, rate=rate, burst=burst, log=log, rng=rng)
+        budget = cls(
+            client,
+            shown_url=shown,
+            key=key,
+            rate=rate,
+            burst=burst,
+            log=log,
+            rng=rng,
+            refusal_limit_s=refusal_limit_s,
+        )
         try:
-            await client.ping()
-            # Reads the pause in force (a run started during one waits for it) and proves
-            # that EVALSHA is allowed, which a PING alone would not.
-            await budget._read_pause(0)
-        except (RedisError, OSError) as exc:
+            # What the run needs, not a PING: both scripts load, and one runs, reading and
+            # checking every key (a run started during a pause waits for it) and writing one.
+            for script in (scripts.RESERVE, scripts.PAUSE):
+                await client.script_load(script)
+            reply = await budget._call_pause(0)
+        except (RedisError, OSError, Unusable) as exc:
             await client.aclose()
-            problem = budget._scrubbed(exc).rstrip(". ")
-            raise RateStoreError(
-                f"cannot use the rate store {shown}: {problem}; start Redis there, fix "
-                "--rate-store, or run without it"
-            ) from None
+            problem = budget._problem(exc)
+            if _unreachable(exc):
+                hint = "start Redis there, fix --rate-store, or run without it"
+            else:
+                hint = "fix the store or the keys it names, or run without --rate-store"
+            raise RateStoreError(f"cannot use the rate store {shown}: {problem}; {hint}") from None
+        budget._seen(reply)
         return budget
 
     @property
     def reachable(self) -> bool:
-        """False from a failed call to the store until one gets through again."""
-        return self._lost_since is None
+        """False from a failed call to the store (lost or refused) until one gets through."""
+        return self._trouble is None
 
     @property
     def rate(self) -> float:
@@ -250,14 +257,16 @@ class SharedBudget:
         self._interval_us = math.ceil(1e6 / rate)
         # tau of GCRA: (burst - 1) intervals is what lets `burst` requests through at once.
         self._tolerance_us = (self._burst - 1) * self._interval_us
+        self._ahead_us = max(round(MIN_AHEAD_S * 1e6), (self._burst + SHARERS) * self._interval_us)
 
     async def reserve(self) -> float:
         """Book one request in the shared budget; return seconds to wait before sending it.
 
         The wait (>= 0) counts from when this returns, and already covers any shared pause
-        still running. While the store is unreachable nothing is booked: this retries with
-        capped exponential backoff (logging ``rate_store_lost`` once, ``rate_store_back``
-        when it answers again) and returns only once a grant is booked.
+        still running. While the store fails nothing is booked: this retries with capped
+        exponential backoff (logging ``rate_store_lost`` or ``rate_store_refused`` once,
+        ``rate_store_back`` when it answers again) and returns only once a grant is booked.
+        Raises RateStoreError once the store has refused every call for ``refusal_limit_s``.
         """
         return (await self.book()).wait
 
@@ -267,40 +276,49 @@ class SharedBudget:
 
         failures = 0
         while True:
-            args = (self._interval_us, self._tolerance_us, self._tat_seen, self._pause_seen)
             try:
-                reply = await self._eval(_RESERVE, (self._tat_key, self._pause_key), args)
-            except (RedisError, OSError) as exc:
+                reply = await self._call_reserve()
+            except (RedisError, OSError, Unusable) as exc:
                 failures += 1
-                self._lost(exc)
+                self._failed(exc)
+                self._raise_if_refused_too_long(exc)
                 await anyio.sleep(
                     retry_delay(failures, base=RETRY_BASE_S, cap=RETRY_CAP_S, rng=self._rng)
                 )
                 continue
             self._back()
-            wait_us, tat, pause, now = (int(value) for value in reply)
-            self._seen(tat=tat, pause=pause, now=now)
-            return Grant(wait=wait_us / 1e6, send_at=(now + wait_us) / 1e6)
+            self._seen(reply)
+            return Grant(wait=reply.wait / 1e6, send_at=(reply.now + reply.wait) / 1e6)
 
     async def pause(self, seconds: float) -> None:
         """Hold every sharing process's grants for *seconds* from now, unless a later pause
         already does.
 
-        Never raises for a lost store: the pause is then kept here (dated by the local clock
-        and the last known server offset) and written with the next grant that gets through.
+        Never raises for a failing store: the pause is then kept here (dated by the local clock
+        and the last known server offset) and written as soon as a call gets through.
         """
-        from redis.exceptions import RedisError
-
         pause_us = math.ceil(seconds * 1e6)
         if pause_us <= 0:
             return
-        try:
-            await self._read_pause(pause_us)
-        except (RedisError, OSError) as exc:
-            self._lost(exc)
-            self._pause_seen = max(self._pause_seen, _wall_us() + self._offset_us + pause_us)
-            return
-        self._back()
+        if not await self._try_pause(pause_us):
+            self._note_pause(_wall_us() + self._offset_us + pause_us)
+
+    async def keep_pause(self, every: float = REPUBLISH_S) -> None:
+        """Until cancelled: while a pause this process knows of runs, write it into the store
+        every *every* seconds (> 0).
+
+        So a store restarted empty, or one lost when the pause began, has the pause back
+        within *every* seconds of answering again. Never raises for a failing store.
+        """
+        while True:
+            left_s = self._pause_left_s()
+            if left_s <= 0:
+                self._news = anyio.Event()
+                await self._news.wait()
+                continue
+            await anyio.sleep(min(every, left_s))
+            if self._pause_left_s() > 0:
+                await self._try_pause(0)
 
     async def aclose(self) -> None:
         """Close the connections to the store."""
@@ -320,51 +338,158 @@ class SharedBudget:
     def __repr__(self) -> str:
         return (
             f"SharedBudget(url={self._shown!r}, key={self._key!r}, rate={self._rate!r}, "
-            f"burst={self._burst!r}, reachable={self.reachable})"
+            f"burst={self._burst!r}, trouble={self._trouble!r}, "
+            f"pause_left_s={max(0.0, round(self._pause_left_s(), 3))})"
         )
 
-    # -- helpers ------------------------------------------------------------------------------
+    # -- calls --------------------------------------------------------------------------------
 
-    async def _read_pause(self, pause_us: int) -> None:
-        reply = await self._eval(_PAUSE, (self._pause_key,), (pause_us,))
-        deadline, now = (int(value) for value in reply)
-        self._seen(tat=0, pause=deadline, now=now)
+    async def _call_reserve(self) -> Reply:
+        args = (
+            self._interval_us,
+            self._tolerance_us,
+            self._tat_seen,
+            self._pause_seen,
+            self._ahead_us,
+            _LONGEST_US,
+            repr(self._declared),
+        )
+        raw = await self._eval(scripts.RESERVE, args)
+        most_wait_us = _LONGEST_US + self._ahead_us + self._interval_us
+        return scripts.read_reserve(raw, self._keys[2], most_wait_us)
 
-    async def _eval(self, script: str, keys: tuple[str, ...], args: tuple[int, ...]) -> Any:
+    async def _call_pause(self, pause_us: int) -> Reply:
+        args = (pause_us, self._pause_seen, _LONGEST_US, repr(self._declared))
+        return scripts.read_pause(await self._eval(scripts.PAUSE, args), self._keys[2])
+
+    async def _try_pause(self, pause_us: int) -> bool:
+        """Run PAUSE (*pause_us* from now, 0 to re-write what we know); whether it got through."""
+        from redis.exceptions import RedisError
+
+        try:
+            reply = await self._call_pause(pause_us)
+        except (RedisError, OSError, Unusable) as exc:
+            self._failed(exc)
+            return False
+        self._back()
+        self._seen(reply)
+        return True
+
+    async def _eval(self, script: str, args: tuple[int | str, ...]) -> Any:
         """EVALSHA *script*, loading it first if the server lacks it (a restart empties its
         script cache)."""
         from redis.exceptions import NoScriptError
 
-        sha = _sha(script)
+        sha = scripts.sha(script)
         try:
-            return await self._client.evalsha(sha, len(keys), *keys, *args)
+            return await self._client.evalsha(sha, len(self._keys), *self._keys, *args)
         except NoScriptError:
             await self._client.script_load(script)
-            return await self._client.evalsha(sha, len(keys), *keys, *args)
+            return await self._client.evalsha(sha, len(self._keys), *self._keys, *args)
 
-    def _seen(self, *, tat: int, pause: int, now: int) -> None:
-        self._tat_seen = max(self._tat_seen, tat)
-        self._pause_seen = max(self._pause_seen, pause)
-        self._offset_us = now - _wall_us()
+    # -- what replies and failures teach ------------------------------------------------------
 
-    def _lost(self, exc: BaseException) -> None:
-        if self._lost_since is None:
-            self._lost_since = time.monotonic()
+    def _seen(self, reply: Reply) -> None:
+        if reply.cut > 0:
+            self._log.warning(
+                "rate_store_wait_capped",
+                key=self._key,
+                cut_s=round(reply.cut / 1e6, 3),
+                hint="a time in the store lay further ahead than batchpoll ever books "
+                "(a stepped clock or a value batchpoll did not write); it was cut back",
+            )
+            # The store holds the bounded times now; ours must not carry the old ones back.
+            self._pause_seen = reply.pause
+            if reply.tat:
+                self._tat_seen = reply.tat
+        else:
+            self._tat_seen = max(self._tat_seen, reply.tat)
+        self._note_pause(reply.pause)
+        self._offset_us = reply.now - _wall_us()
+        other = reply.other_rate
+        if other is not None and other != self._declared and not self._rate_warned:
+            self._rate_warned = True
+            self._log.warning(
+                "rate_store_rate_differs",
+                key=self._key,
+                rate=self._declared,
+                other_rate=other,
+                hint="processes sharing one --rate-key should give the same --rate: "
+                "each books at its own, so the total is neither",
+            )
+
+    def _note_pause(self, deadline_us: int) -> None:
+        if deadline_us > self._pause_seen:
+            self._pause_seen = deadline_us
+        if self._news is not None and self._pause_left_s() > 0:
+            self._news.set()
+
+    def _pause_left_s(self) -> float:
+        return (self._pause_seen - _wall_us() - self._offset_us) / 1e6
+
+    def _failed(self, exc: BaseException) -> None:
+        """Note a failed call: log when the store goes from answering (or from the other kind
+        of failure) to this kind, and time how long it has refused."""
+        kind = "lost" if _unreachable(exc) else "refused"
+        now = time.monotonic()
+        if kind == "refused":
+            if self._refused_since is None:
+                self._refused_since = now
+        else:
+            self._refused_since = None
+        if self._trouble == kind:
+            return
+        if self._trouble is None:
+            self._trouble_since = now
+        self._trouble = kind
+        if kind == "lost":
             self._log.warning(
                 "rate_store_lost",
                 url=self._shown,
-                error=self._scrubbed(exc),
+                error=self._problem(exc),
                 hint="no request is granted until the store answers again",
+            )
+        else:
+            self._log.warning(
+                "rate_store_refused",
+                url=self._shown,
+                error=self._problem(exc),
+                hint="no request is granted; the run ends if the store refuses for "
+                f"{self._refusal_limit_s:g} s",
+            )
+
+    def _raise_if_refused_too_long(self, exc: BaseException) -> None:
+        since = self._refused_since
+        if since is not None and time.monotonic() - since >= self._refusal_limit_s:
+            raise RateStoreError(
+                f"the rate store {self._shown} refused every call for "
+                f"{self._refusal_limit_s:g} s: {self._problem(exc)}; fix the store, then "
+                "run again with --resume to finish the remaining ids"
             )
 
     def _back(self) -> None:
-        if self._lost_since is not None:
-            down_s = time.monotonic() - self._lost_since
-            self._lost_since = None
+        self._refused_since = None
+        if self._trouble is not None:
+            down_s = time.monotonic() - self._trouble_since
+            self._trouble = None
             self._log.info("rate_store_back", url=self._shown, down_s=round(down_s, 3))
 
-    def _scrubbed(self, exc: BaseException) -> str:
+    def _problem(self, exc: BaseException) -> str:
         """The error's text, or its type's name if it has none, without the store's password."""
         text = str(exc) or type(exc).__name__
+        # Redis adds where in which script an error arose; our own errors carry a tag.
+        text = text.split(" script: ", 1)[0].removeprefix("BATCHPOLL ").rstrip(". ")
         password = self._client.connection_pool.connection_kwargs.get("password")
         return text.replace(password, "***") if isinstance(password, str) and password else text
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """Whether *exc* says the store could not be reached, rather than that it said no."""
+    from redis.exceptions import AuthenticationError, AuthorizationError, ExternalAuthProviderError
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    # redis-py files a refused password under ConnectionError; it is an answer all the same.
+    if isinstance(exc, AuthenticationError | AuthorizationError | ExternalAuthProviderError):
+        return False
+    return isinstance(exc, RedisConnectionError | RedisTimeoutError | OSError)

@@ -306,6 +306,9 @@ async def _run_engine(
             budget=budget,
         )
         await tg.start(_stop_on_signal, engine, stats, log, view, tg.cancel_scope)
+        if budget is not None:
+            # Keeps a running pause in the store, which may lose it by restarting empty.
+            tg.start_soon(budget.keep_pause)
         items = owned(aiter_items(_read_chunks(source)), settings.shard)
         await engine.run(_skip_done(items, done))
         tg.cancel_scope.cancel()

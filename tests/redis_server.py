@@ -20,21 +20,29 @@ REDIS_SERVER = shutil.which("redis-server")
 HOST = "127.0.0.1"
 
 
-def free_port() -> int:
-    """A loopback TCP port nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
+def free_port(below: int = 65536) -> int:
+    """A loopback TCP port under *below* that nothing listens on right now."""
+    for _ in range(100):
+        with socket.socket() as sock:
+            sock.bind((HOST, 0))
+            port: int = sock.getsockname()[1]
+        if port < below:
+            return port
+    pytest.fail(f"no free loopback port below {below} in 100 tries")
+
+
+#: A cluster node also listens on its port + 10000 (the cluster bus), which must be a port too.
+CLUSTER_BUS_OFFSET = 10000
 
 
 class RedisServer:
     """One redis-server process on ``port``, started and stopped by the test; restartable."""
 
-    def __init__(self, port: int, workdir: Path) -> None:
+    def __init__(self, port: int, workdir: Path, extra: tuple[str, ...] = ()) -> None:
         self.port = port
         self.url = f"redis://{HOST}:{port}/0"
         self._workdir = workdir
+        self._extra = extra  # more redis-server options, e.g. ("--cluster-enabled", "yes")
         self._proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -51,6 +59,7 @@ class RedisServer:
             REDIS_SERVER,
             "--bind", HOST, "--port", str(self.port), "--save", "", "--appendonly", "no",
             "--dir", str(self._workdir), "--daemonize", "no", "--loglevel", "warning",
+            *self._extra,
         ]  # fmt: skip
 
     def stop(self) -> None:
@@ -83,11 +92,12 @@ class RedisServer:
         pytest.fail(f"redis-server on port {self.port} did not answer PING within 10 s")
 
 
-def running_redis(workdir: Path) -> Iterator[RedisServer]:
+def running_redis(workdir: Path, extra: tuple[str, ...] = ()) -> Iterator[RedisServer]:
     """Body of a fixture: a started server on a free port, stopped after the test."""
     if REDIS_SERVER is None:
         pytest.skip("redis-server is not installed (make unit installs it from Debian's packages)")
-    server = RedisServer(free_port(), workdir)
+    below = 65536 - CLUSTER_BUS_OFFSET if "--cluster-enabled" in extra else 65536
+    server = RedisServer(free_port(below), workdir, extra)
     server.start()
     try:
         yield server
