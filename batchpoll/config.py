@@ -823,9 +823,22 @@ def _line_values(text: str) -> dict[str, object]:
     return found
 
 
+#: The shortest key taken. Every occurrence of the key is masked in what batchpoll writes, so
+#: a key of a letter or two would mask ordinary text in every record and log line.
+MIN_KEY_CHARS: Final = 8
+
+
 def _checked_key(value: str, source: str) -> Secret:
     key = value.strip()
     # A key with inner whitespace or control characters cannot go into an HTTP header.
     if not key or any(c.isspace() or not c.isprintable() for c in key):
         raise ConfigError("api_key", Secret(key), source, "must be one line without spaces")
+    if len(key) < MIN_KEY_CHARS:
+        raise ConfigError(
+            "api_key",
+            Secret(key),
+            source,
+            f"is {len(key)} characters: an API key has at least {MIN_KEY_CHARS}, and one this "
+            "short would be masked out of ordinary text everywhere batchpoll writes",
+        )
     return Secret(key)

@@ -679,7 +679,7 @@ def test_default_toml_mentions_every_option() -> None:
 )
 def test_plain_http_only_to_loopback(url: str, allowed: bool) -> None:
     """A plain http:// base URL is refused unless it is loopback or --allow-insecure-http."""
-    env = {"CEKURA_API_KEY": "k"}
+    env = {"CEKURA_API_KEY": KEY}
     if allowed:
         assert load_settings({"base_url": url}, env, None, None).base_url == url
         return
@@ -693,7 +693,7 @@ def test_api_url_from_the_cekura_cli_file_sits_below_batchpoll_settings(tmp_path
     """api_url in ~/.cekura/config.toml sets base_url unless a flag, env or file does."""
     write(
         tmp_path / ".cekura" / "config.toml",
-        'api_key = "k1"\napi_url = "https://eu.cekura.test/"\n',
+        f'api_key = "{KEY}"\napi_url = "https://eu.cekura.test/"\n',
     )
     settings = load_settings({}, {}, None, None, home=tmp_path)
     assert settings.base_url == "https://eu.cekura.test"
@@ -713,7 +713,7 @@ def test_oauth_only_cekura_file_says_an_api_key_is_needed(tmp_path: Path) -> Non
 def test_a_cekura_file_readable_by_others_is_warned_about(tmp_path: Path) -> None:
     """A world- or group-readable ~/.cekura/config.toml yields a warning naming chmod 600."""
     path = tmp_path / ".cekura" / "config.toml"
-    write(path, 'api_key = "k1"\n')
+    write(path, f'api_key = "{KEY}"\n')
     path.chmod(0o644)
     (warning,) = load_settings({}, {}, None, None, home=tmp_path).warnings
     assert "chmod 600" in warning
@@ -1076,3 +1076,11 @@ def test_every_variable_batchpoll_reads_is_known(tmp_path: Path) -> None:
     env = {f"BATCHPOLL_{name.upper()}": "" for name in OPTION_NAMES}
     env |= {"BATCHPOLL_API_KEY_FILE": "", "BATCHPOLL_SHARDS": "", "BATCHPOLL_LOOP": "asyncio"}
     assert load(tmp_path, env=env).warnings == ()
+
+
+@pytest.mark.parametrize("key", ["k", "abc1234"])
+def test_a_key_too_short_to_mask_safely_is_refused(key: str) -> None:
+    """A key under MIN_KEY_CHARS is refused: masking it would mask ordinary text everywhere."""
+    with pytest.raises(ConfigError, match="at least 8") as caught:
+        load_settings({}, {"CEKURA_API_KEY": key}, None, None)
+    assert str(caught.value).startswith("api_key=Secret('***')")
