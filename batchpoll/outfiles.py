@@ -256,13 +256,21 @@ class OutputLock:
     __slots__ = ("_fd", "part", "path")
 
     def __init__(
-        self, path: str, part: str, *, directory: bool = False, fd: int | None = None
+        self,
+        path: str,
+        part: str,
+        *,
+        directory: bool = False,
+        fd: int | None = None,
+        in_locked_directory: bool = False,
     ) -> None:
         """Open (creating a missing file) and lock *path*; *part* names it in messages.
 
         With *fd*, lock the file that descriptor is open on (standard output redirected to a
-        file, say) instead of opening *path*. Raises ``InputFileError`` when another process
-        holds the lock, naming its pid.
+        file, say) instead of opening *path*. A file is also refused when its directory is
+        locked by another run (a ``--split-by-status`` directory), unless the caller holds
+        that lock itself (*in_locked_directory*). Raises ``InputFileError`` when another
+        process holds a lock, naming its pid.
         """
         self.path = path
         self.part = part
@@ -287,6 +295,12 @@ class OutputLock:
             os.close(fd)
             raise InputFileError(f"cannot lock {part} {path}: {exc.strerror or exc}") from None
         self._fd = fd
+        if not directory and not in_locked_directory and path != STDIO:
+            try:
+                _refuse_locked_directory(path, part)
+            except BaseException:
+                self.close()
+                raise
 
     @property
     def fd(self) -> int:
@@ -308,6 +322,32 @@ class OutputLock:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+
+
+def _refuse_locked_directory(path: str, part: str) -> None:
+    """Refuse *path* if its directory is another run's ``--split-by-status`` directory.
+
+    A shared lock is refused while anyone holds the exclusive one, and taken and let go at
+    once otherwise: only the test is wanted.
+    """
+    directory = os.path.dirname(os.path.realpath(path))
+    try:
+        dir_fd = os.open(directory, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return  # nothing to test: no other run can hold it either
+    try:
+        fcntl.flock(dir_fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = _lock_holder(dir_fd)
+        who = f"process {holder}" if holder is not None else "another process"
+        raise InputFileError(
+            f"{part} {path} is in the --split-by-status directory of {who}, which writes the "
+            "files there: give this run a file elsewhere"
+        ) from None
+    except OSError:
+        return
+    finally:
+        os.close(dir_fd)
 
 
 def _lock_holder(fd: int) -> int | None:

@@ -76,11 +76,15 @@ def run_settings(settings: Settings, input_path: str, *, overwrite: bool = False
     _check_files(settings, input_path, overwrite=overwrite)
     source = _open_input(input_path)
     lock: OutputLock | None = None
+    split: SplitSink | None = None
     try:
+        # Every lock before anything is changed: a run refused for a lock leaves all as it was.
         if settings.output != STDOUT:
             lock = OutputLock(settings.output, "output")
         elif _regular_file(1):
             lock = OutputLock("(standard output)", "output", fd=1)  # `>> out.jsonl`: one writer
+        if settings.split_by_status is not None:
+            split = SplitSink(settings.split_by_status, secret=secret)
         prior = Prior()
         if lock is not None and settings.output != STDOUT:
             prior = prepare_output(
@@ -90,9 +94,15 @@ def run_settings(settings: Settings, input_path: str, *, overwrite: bool = False
                 overwrite=overwrite,
                 retry_statuses=settings.retry_statuses,
             )
-        return _run_and_report(settings, source, lock, prior, secret, log)
+        if split is not None:
+            # Rebuilt from OUTPUT as repaired, so that they too hold one record per id.
+            resumed = settings.resume and settings.output != STDOUT
+            split.reset(read_lines(settings.output) if resumed else ())
+        return _run_and_report(settings, source, lock, split, prior, secret, log)
     finally:
         source.close()
+        if split is not None:
+            split.close()
         if lock is not None:
             lock.close()
 
@@ -130,6 +140,7 @@ def _run_and_report(
     settings: Settings,
     source: BinaryIO,
     lock: OutputLock | None,
+    split: SplitSink | None,
     prior: Prior,
     secret: str | None,
     log: FilteringBoundLogger,
@@ -155,16 +166,14 @@ def _run_and_report(
     live = progress.wanted(settings.progress, sys.stderr)
     view = progress.ProgressView(stats) if live else None
     failure: BaseException | None = None
-    split: list[SplitSink] = []
     try:
-        split = _split_sink(settings, secret)
         with view or contextlib.nullcontext(), collector_tuned():
             anyio.run(
                 _run_engine,
                 settings,
                 source,
                 prior.done,
-                TeeSink(sink, *split),
+                TeeSink(sink) if split is None else TeeSink(sink, split),
                 stats,
                 log,
                 view,
@@ -174,8 +183,6 @@ def _run_and_report(
         failure = exc
     finally:
         sink.close()
-        for extra in split:
-            extra.close()
     code = _exit_code(stats, settings, failure)
     summary = stats.summary()
     summary["resumed"] = stats.resumed
@@ -242,17 +249,6 @@ def loop_options() -> dict[str, bool]:
     if os.environ.get("BATCHPOLL_LOOP") == "asyncio" or importlib.util.find_spec("uvloop") is None:
         return {}
     return {"use_uvloop": True}
-
-
-def _split_sink(settings: Settings, secret: str | None) -> list[SplitSink]:
-    if settings.split_by_status is None:
-        return []
-    split = SplitSink(settings.split_by_status, secret=secret)
-    if settings.resume and settings.output != STDOUT:
-        split.reset(read_lines(settings.output))  # OUTPUT is already repaired: one per id
-    elif not settings.resume:
-        split.reset()
-    return [split]
 
 
 def _write_junit(settings: Settings, secret: str | None) -> None:

@@ -140,13 +140,16 @@ class LineSink:
 class SplitSink:
     """Also appends each record to ``DIR/<status>.jsonl`` (``--split-by-status DIR``).
 
-    The directory is locked for the run, and only ``<status>.jsonl`` files for statuses
-    batchpoll writes are ever touched; ``check_split_files`` proves them batchpoll's first.
+    Only ``<status>.jsonl`` files for statuses batchpoll writes are ever touched
+    (``check_split_files`` proves them batchpoll's first). For the whole run the directory is
+    locked, so no other run takes a file in it as OUTPUT, and so is every status file, so no
+    run that had one as OUTPUT before this one started is written over.
     """
 
-    __slots__ = ("_files", "_lock", "_secret", "directory")
+    __slots__ = ("_files", "_lock", "_locks", "_secret", "directory")
 
     def __init__(self, directory: str, *, secret: str | None = None) -> None:
+        """Create *directory* if need be and lock it and the status files it holds."""
         self.directory = directory
         self._secret = secret
         try:
@@ -154,7 +157,15 @@ class SplitSink:
         except OSError as exc:
             raise InputFileError(f"cannot create {directory}: {exc.strerror}") from None
         self._lock = OutputLock(directory, "--split-by-status directory", directory=True)
+        self._locks: dict[str, OutputLock] = {}
         self._files: dict[str, LineSink] = {}
+        try:
+            for status in sorted(ALL_STATUSES):
+                if os.path.lexists(self._path(status)):
+                    self._locked(status)
+        except BaseException:
+            self.close()
+            raise
 
     def reset(self, records: Iterable[bytes] = ()) -> None:
         """Start the status files again from *records* (JSON lines): what a resumed OUTPUT
@@ -165,12 +176,13 @@ class SplitSink:
             if found is not None:
                 by_status.setdefault(found[1], []).append(line)
         for status in sorted(ALL_STATUSES):
-            path = self._path(status)
             lines = by_status.get(status, [])
-            if not lines and not os.path.lexists(path):
+            if not lines and status not in self._locks:
                 continue
+            path = self._path(status)
+            lock = self._locked(status)
             try:
-                replace_file(path, encoded(path, lines))
+                replace_file(path, encoded(path, lines), keep_open=lock.adopt)
             except OSError as exc:
                 raise InputFileError(f"cannot rewrite {path}: {exc.strerror or exc}") from None
 
@@ -180,8 +192,20 @@ class SplitSink:
             by_status.setdefault(record.status, []).append(record)
         for status, batch in by_status.items():
             if (sink := self._files.get(status)) is None:
-                sink = self._files[status] = LineSink(self._path(status), secret=self._secret)
+                fd = self._locked(status).fd
+                sink = self._files[status] = LineSink(
+                    self._path(status), secret=self._secret, fd=fd
+                )
             await sink.write(batch)
+
+    def _locked(self, status: str) -> OutputLock:
+        """The lock on *status*'s file, taken (and the file created) on first need."""
+        if (lock := self._locks.get(status)) is None:
+            path = self._path(status)
+            lock = self._locks[status] = OutputLock(
+                path, "--split-by-status file", in_locked_directory=True
+            )
+        return lock
 
     def _path(self, status: str) -> str:
         # Statuses come from a fixed set of snake_case words, so they are safe file names.
@@ -190,6 +214,8 @@ class SplitSink:
     def close(self) -> None:
         for sink in self._files.values():
             sink.close()
+        for lock in self._locks.values():
+            lock.close()
         self._lock.close()
 
 

@@ -362,3 +362,58 @@ async def test_two_runs_appending_stdout_to_one_file_are_one_too_many(tmp_path: 
                 await first.wait()
     assert second.returncode == 2
     assert f"process {first.pid}".encode() in second.stderr
+
+
+def _child_env(tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BATCHPOLL_", "CEKURA_"))}
+    return env | {"HOME": str(tmp_path), "CEKURA_API_KEY": KEY}
+
+
+async def test_a_run_refused_for_a_lock_has_changed_nothing(tmp_path: Path) -> None:
+    """A second run on a split DIR another run holds is refused before its own OUTPUT is
+    emptied (--overwrite) or cut (--resume); and neither run may take the other's status
+    file as OUTPUT, whichever started first."""
+    slow = SimSettings(seed=11, api_key=KEY, min_polls=50, max_polls=60, latency=0.05)
+    ids = write_ids(tmp_path, [f"cli-{i}" for i in range(3)])
+    split = tmp_path / "split"
+    record = orjson.dumps({"progress_id": "old", "status": "completed"}) + b"\n"
+    mine = tmp_path / "mine.jsonl"
+    mine.write_bytes(record + b'{"progress_id":"tor')
+    async with running_simulator(slow) as sim:
+        first = [sys.executable, "-m", "batchpoll", *run(sim, ids, "-o", str(tmp_path / "a.jsonl"))]
+        first += ["--split-by-status", str(split)]
+        async with await anyio.open_process(first, env=_child_env(tmp_path)) as proc:
+            with anyio.fail_after(20):
+                await sim.wait_until(lambda st: st.requests >= 1)
+            for mode in ("--overwrite", "--resume"):
+                args = [*run(sim, ids, "-o", str(mine), mode), "--split-by-status", str(split)]
+                code, _, err = await batchpoll(args, tmp_path)
+                assert code == 2, err
+                assert f"process {proc.pid}".encode() in err
+                assert mine.read_bytes() == record + b'{"progress_id":"tor'
+            theirs = split / "completed.jsonl"
+            code, _, err = await batchpoll(
+                [*run(sim, ids, "-o", str(theirs), "--resume")], tmp_path
+            )
+            assert code == 2, err
+            assert b"--split-by-status directory of process" in err
+            proc.send_signal(signal.SIGTERM)
+            await proc.wait()
+        # The other way round: a run has a status file as OUTPUT; a split run on its DIR waits.
+        other = tmp_path / "other"
+        other.mkdir()
+        held = other / "failed.jsonl"
+        second = [sys.executable, "-m", "batchpoll", *run(sim, ids, "-o", str(held))]
+        async with await anyio.open_process(second, env=_child_env(tmp_path)) as proc:
+            with anyio.fail_after(20):
+                await sim.wait_until(lambda st: st.requests >= 4)
+            args = [
+                *run(sim, ids, "-o", str(tmp_path / "b.jsonl")),
+                "--split-by-status",
+                str(other),
+            ]
+            code, _, err = await batchpoll(args, tmp_path)
+            assert code == 2, err
+            assert f"process {proc.pid}".encode() in err
+            proc.send_signal(signal.SIGTERM)
+            await proc.wait()

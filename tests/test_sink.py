@@ -230,11 +230,11 @@ async def test_split_by_status_writes_one_file_per_status_and_resets_from_output
         [Record(progress_id="a", status="completed"), Record(progress_id="b", status="failed")]
     )
     await split.write([Record(progress_id="c", status="completed")])
-    split.close()
     folder = tmp_path / "by-status"
     assert (folder / "completed.jsonl").read_bytes() == rec("a") + rec("c")
     assert (folder / "failed.jsonl").read_bytes() == rec("b", "failed")
     split.reset([rec("a"), rec("d", "error")])
+    split.close()
     assert (folder / "completed.jsonl").read_bytes() == rec("a")
     assert (folder / "failed.jsonl").read_bytes() == b""
     assert (folder / "error.jsonl").read_bytes() == rec("d", "error")
