@@ -28,6 +28,8 @@ _CHUNK: Final = 64 * 1024
 RECORD_START: Final = b'{"progress_id":'
 #: Lines per gzip member when a ``.gz`` OUTPUT is rewritten, so reading it back stays bounded.
 MEMBER_LINES: Final = 1024
+#: Text per gzip member that a batch of records is cut into (at a line's end).
+MEMBER_BYTES: Final = 8 * 1024 * 1024
 
 
 def is_gzip(path: str) -> bool:
@@ -213,11 +215,14 @@ def encoded(path: str, lines: Iterable[bytes]) -> Iterator[bytes]:
         yield from lines
         return
     batch: list[bytes] = []
+    size = 0
     for line in lines:
         batch.append(line)
-        if len(batch) >= MEMBER_LINES:
+        size += len(line)
+        if len(batch) >= MEMBER_LINES or size >= MEMBER_BYTES:
             yield gzip.compress(b"".join(batch), mtime=0)
             batch.clear()
+            size = 0
     if batch:
         yield gzip.compress(b"".join(batch), mtime=0)
 
@@ -276,15 +281,40 @@ def read_lines(path: str, tail: Tail | None = None) -> Iterator[bytes]:
         tail.ours = tail.ours and not partial
     else:
         tail.torn = len(partial)
-        tail.ours = partial.startswith(RECORD_START) or RECORD_START.startswith(partial)
+        tail.ours = could_be_torn(partial)
+
+
+def could_be_torn(text: bytes) -> bool:
+    """Whether *text*, found after the last whole line (or whole gzip member), can be what a
+    killed batchpoll left: whole record lines, then the start of one.
+
+    A complete JSON value that is not a record (``{"progress_id":"x"}`` and no newline) is
+    not the start of anything batchpoll writes, so it is never cut.
+    """
+    *whole, partial = text.split(b"\n")
+    if any(parse_record(line) is None for line in whole):
+        return False
+    try:
+        orjson.loads(partial)
+    except orjson.JSONDecodeError:
+        return partial.startswith(RECORD_START) or RECORD_START.startswith(partial)
+    return parse_record(partial) is not None
+
+
+#: The most text one gzip member may hold. batchpoll writes a member of at most
+#: ``MEMBER_BYTES`` (one record may pass that alone); a larger one is not ours (a bomb of
+#: newlines, say) and is refused before it takes the memory.
+MAX_MEMBER_BYTES: Final = 2 * MAX_RECORD_BYTES
+_STEP: Final = 1 << 20  # text inflated per zlib call, so no call can take more
 
 
 def _gunzip(f: BinaryIO, path: str, tail: Tail) -> Iterator[bytes]:
     """The text of each whole gzip member in *f*; a torn last member is described in *tail*.
 
-    A member is held until it ends, so a torn one's lines are never taken for written ones.
+    A member is held until it ends, so a torn one's lines are never taken for written ones;
+    a member larger than ``MAX_MEMBER_BYTES`` is refused.
     """
-    member, pending, used = zlib.decompressobj(wbits=31), list[bytes](), 0
+    member, pending, used, size = zlib.decompressobj(wbits=31), list[bytes](), 0, 0
     offset = 0  # where the member being read starts
     raw = b""
     while True:
@@ -292,16 +322,25 @@ def _gunzip(f: BinaryIO, path: str, tail: Tail) -> Iterator[bytes]:
         if not raw:
             break
         try:
-            pending.append(member.decompress(raw))
+            text = member.decompress(raw, _STEP)
         except zlib.error:
             raise InputFileError(
                 f"output {path} is not gzip, or is damaged at byte {offset}"
             ) from None
-        used += len(raw) - len(member.unused_data)
-        raw = member.unused_data
+        size += len(text)
+        if size > MAX_MEMBER_BYTES:
+            raise InputFileError(
+                f"output {path} has a gzip member of more than {MAX_MEMBER_BYTES} bytes at "
+                f"byte {offset}, which batchpoll never writes"
+            )
+        pending.append(text)
+        left = member.unused_data if member.eof else member.unconsumed_tail
+        used += len(raw) - len(left)
+        raw = left
         if member.eof:
             yield b"".join(pending)
             offset += used
-            member, pending, used = zlib.decompressobj(wbits=31), list[bytes](), 0
+            member, pending, used, size = zlib.decompressobj(wbits=31), list[bytes](), 0, 0
     tail.torn = used
-    tail.ours = True
+    # What the torn member holds so far must be what batchpoll would have written.
+    tail.ours = could_be_torn(b"".join(pending))

@@ -21,7 +21,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 from . import fdio
 from .errors import InputFileError
 from .outfiles import OutputLock, replace_file
-from .output_file import encoded, is_gzip, record_of, scan_output
+from .output_file import MEMBER_BYTES, encoded, is_gzip, record_of, scan_output
 from .records import ALL_STATUSES, Record
 from .redact import json_needle, masked_record
 
@@ -109,7 +109,12 @@ class LineSink:
             secret = self._secret
             assert secret is not None
             lines = b"".join([masked_record(r, secret).to_json_line() for r in records])
-        return gzip.compress(lines, mtime=0) if self._gzip else lines
+        if not self._gzip:
+            return lines
+        if len(lines) <= MEMBER_BYTES:
+            return gzip.compress(lines, mtime=0)
+        # A big batch in several members, so that a reader never holds more than one of them.
+        return b"".join(encoded(self.path, lines.splitlines(keepends=True)))
 
     async def write(self, records: Sequence[Record]) -> None:
         data = self.encode(records)

@@ -238,3 +238,78 @@ async def test_split_by_status_writes_one_file_per_status_and_resets_from_output
     assert (folder / "completed.jsonl").read_bytes() == rec("a")
     assert (folder / "failed.jsonl").read_bytes() == b""
     assert (folder / "error.jsonl").read_bytes() == rec("d", "error")
+
+
+@pytest.mark.parametrize(
+    "tail",
+    [b'{"progress_id":"keepme-1"}', b'{"progress_id":"x","status":"unheard_of"}'],
+    ids=["no-status", "unknown-status"],
+)
+def test_a_whole_json_tail_that_is_not_a_record_is_never_cut(tmp_path: Path, tail: bytes) -> None:
+    """An unterminated last line that is complete JSON but no record is not ours: refused."""
+    path = tmp_path / "out.jsonl"
+    path.write_bytes(rec("a") + tail)
+    for mode in ({"resume": True}, {"overwrite": True}):
+        with pytest.raises(InputFileError, match="not the start of a batchpoll record"):
+            prepare(path, **mode)  # type: ignore[arg-type]
+        assert path.read_bytes() == rec("a") + tail
+
+
+def test_a_torn_gzip_member_of_foreign_lines_is_never_cut(tmp_path: Path) -> None:
+    """A .gz whose torn last member holds lines that are not records is refused untouched."""
+    import gzip
+
+    path = tmp_path / "out.jsonl.gz"
+    foreign = gzip.compress(b"".join(b"precious-%d\n" % i for i in range(5000)))[:3000]
+    data = gzip.compress(rec("a")) + foreign
+    path.write_bytes(data)
+    with pytest.raises(InputFileError, match="not the start of a batchpoll record"):
+        prepare(path, resume=True)
+    assert path.read_bytes() == data
+    path.write_bytes(foreign)
+    with pytest.raises(InputFileError):
+        prepare(path, resume=True)
+    assert path.read_bytes() == foreign
+
+
+def test_a_gzip_bomb_as_output_is_refused_in_bounded_memory(tmp_path: Path) -> None:
+    """A .gz member inflating past MAX_MEMBER_BYTES is refused, not held whole."""
+    import resource
+    import zlib
+
+    from batchpoll.output_file import MAX_MEMBER_BYTES
+
+    packer = zlib.compressobj(1, zlib.DEFLATED, 31)
+    chunk = b"\n" * (1 << 20)
+    bomb = b"".join(packer.compress(chunk) for _ in range(MAX_MEMBER_BYTES // len(chunk) + 64))
+    path = tmp_path / "bomb.jsonl.gz"
+    path.write_bytes(bomb + packer.flush())
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(InputFileError, match="gzip member of more than"):
+        prepare(path, resume=True)
+    grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    assert grown_kib < 2 * MAX_MEMBER_BYTES // 1024
+
+
+@pytest.mark.anyio
+async def test_a_big_gzip_batch_is_written_in_bounded_members(tmp_path: Path) -> None:
+    """A batch over MEMBER_BYTES of text goes out as several gzip members, all read back."""
+    import gzip
+    import zlib
+
+    from batchpoll.output_file import MEMBER_BYTES
+
+    path = tmp_path / "out.jsonl.gz"
+    sink = LineSink(str(path))
+    big = "x" * (1 << 20)
+    records = [Record(progress_id=f"r{i}", status="completed", result=big) for i in range(12)]
+    await sink.write(records)
+    sink.close()
+    data, members = path.read_bytes(), 0
+    while data:
+        member = zlib.decompressobj(wbits=31)
+        assert len(member.decompress(data)) <= MEMBER_BYTES + (2 << 20)
+        data, members = member.unused_data, members + 1
+    assert members >= 2
+    assert gzip.decompress(path.read_bytes()).count(b"\n") == 12
+    assert prepare(path, resume=True).done == {f"r{i}" for i in range(12)}
