@@ -445,11 +445,18 @@ class Engine:
     @staticmethod
     async def _emit(rec_tx: _Records, record: Record) -> None:
         try:
-            rec_tx.send_nowait(record)
-        except anyio.WouldBlock:
-            # Shielded: a finished record must reach the sink even while the run is cancelled.
-            with anyio.CancelScope(shield=True):
-                await rec_tx.send(record)
+            try:
+                rec_tx.send_nowait(record)
+            except anyio.WouldBlock:
+                # Shielded: a finished record must reach the sink even while the run is
+                # cancelled.
+                with anyio.CancelScope(shield=True):
+                    await rec_tx.send(record)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            # The sink stage is gone: a stop whose sink was stuck past its grace gave up on
+            # the records still waiting. This one is not written either, so --resume polls
+            # the id again: nothing is lost.
+            pass
 
     # -- sink and heartbeat -----------------------------------------------------------------
 

@@ -136,27 +136,36 @@ async def test_a_signal_ends_a_run_waiting_on_idle_stdin(
 
 @asynccontextmanager
 async def stdout_stuck(
-    sim: Simulator, tmp_path: Path, **kwargs: Any
+    sim: Simulator, tmp_path: Path, requests: int = 600, ids: int = 2000, **kwargs: Any
 ) -> AsyncIterator[anyio.abc.Process]:
     """A run writing records to a stdout pipe nobody reads, once that pipe must be full."""
-    ids = ids_file(tmp_path, [f"stuck-{i}" for i in range(2000)])
+    path = ids_file(tmp_path, [f"stuck-{i}" for i in range(ids)])
     # The read end stays open and unread until the child has gone.
     with descriptors(*os.pipe()) as fds:
-        async with child(command(sim, str(ids)), tmp_path, stdout=fds[1], **kwargs) as proc:
+        async with child(command(sim, str(path)), tmp_path, stdout=fds[1], **kwargs) as proc:
             os.close(fds[1])
             fds[1] = -1
             # 600 records of over 250 bytes are more than a 64 KiB pipe holds.
             with anyio.fail_after(20):
-                await sim.wait_until(lambda st: st.requests >= 600)
+                await sim.wait_until(lambda st: st.requests >= requests)
             yield proc
 
 
 async def test_sigterm_ends_a_run_whose_stdout_pipe_is_never_read(tmp_path: Path) -> None:
-    """Records on a stdout pipe nobody reads: SIGTERM still exits 143 within 5 s."""
-    async with running_simulator(AT_ONCE) as sim, stdout_stuck(sim, tmp_path) as proc:
-        proc.send_signal(signal.SIGTERM)
-        with anyio.fail_after(5):
-            assert await proc.wait() == 143
+    """Records on a stdout pipe nobody reads, the engine itself held up behind a full record
+    buffer: SIGTERM still exits 143 within 5 s, without a traceback."""
+    err = tmp_path / "stderr"
+    with err.open("wb") as stderr:
+        # 1,100 answers: past the pipe and most of the 1,024-record buffer (the engine stops
+        # at about 1,170), so the engine is waiting to hand over a record too.
+        async with (
+            running_simulator(SimSettings(seed=5, api_key=KEY, max_polls=2)) as sim,
+            stdout_stuck(sim, tmp_path, requests=1100, ids=5000, stderr=stderr) as proc,
+        ):
+            proc.send_signal(signal.SIGTERM)
+            with anyio.fail_after(5):
+                assert await proc.wait() == 143
+    assert b"Traceback" not in err.read_bytes()
 
 
 async def test_a_second_sigterm_ends_a_stuck_sink_at_once(tmp_path: Path) -> None:
@@ -194,3 +203,19 @@ async def test_sigint_ends_a_run_whose_terminal_is_never_read(tmp_path: Path) ->
                 with anyio.fail_after(5):
                     assert await proc.wait() == 130
     assert len(whole_records(out)) > 0
+
+
+async def test_a_record_for_a_sink_given_up_on_is_dropped_not_raised() -> None:
+    """After a stop whose sink was given up on (the grace after a signal), handing over a
+    record, waiting or not, drops it quietly: the id has no record, so --resume polls it."""
+    from batchpoll.engine import Engine
+    from batchpoll.records import Record
+
+    record = Record(progress_id="late", status="completed")
+    tx, rx = anyio.create_memory_object_stream[Record](0)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(Engine._emit, tx, record)  # waits: nobody receives
+        await anyio.wait_all_tasks_blocked()
+        rx.close()  # the sink stage cancelled, as the grace does
+    await Engine._emit(tx, record)  # and once it is gone: no wait, no error
+    tx.close()
