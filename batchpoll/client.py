@@ -13,7 +13,7 @@ import asyncio
 import sys
 import time
 from types import TracebackType
-from typing import Final, Self
+from typing import Any, Final, Self
 from urllib.parse import quote
 
 import aiohttp
@@ -25,6 +25,7 @@ from .body import MAX_BODY, MAX_REASON, MAX_TEXT, as_text, clip, read_capped, un
 from .config import Settings
 from .errors import AuthRefused
 from .records import Answer, Broken, NotFound, Outcome, Rejected, Throttled, Transient
+from .redact import mask_text, mask_value
 
 #: How often overdue requests are looked for, as a share of the request timeout (and at most
 #: once a second): a request is abandoned between 1 and 1 + 1/8 timeouts after it started.
@@ -38,20 +39,30 @@ _INT64_MAX: Final = 2**63 - 1
 
 
 def classify(
-    status: int, body: bytes, retry_after: str | None, *, wall: float, content_type: str = _JSON
+    status: int,
+    body: bytes,
+    retry_after: str | None,
+    *,
+    wall: float,
+    content_type: str = _JSON,
+    secret: str | None = None,
 ) -> Outcome:
-    """Map one HTTP answer (status, body, headers) to an outcome; 401/403 raise in the caller."""
+    """Map one HTTP answer (status, body, headers) to an outcome; 401/403 raise in the caller.
+
+    *secret*, the API key, is masked out of every text taken from the answer before any of it
+    is cut short, so that no cut leaves a piece of it behind.
+    """
     match status:
         # The raw header; lowercased only in the rare case that it lacks a lowercase "json".
         case 200 if "json" not in content_type and "json" not in content_type.lower():
             # An HTML error page from a proxy is not an answer, even if it parses.
             # Clipped: the header is the server's text, decoded with surrogateescape.
-            media_type = clip(content_type.partition(";")[0].strip(), 200)
+            media_type = clip(_masked(content_type.partition(";")[0].strip(), secret), 200)
             return Transient(reason=f"unreadable body: content type {media_type or 'missing'}")
         case 200:
-            return parse_progress(body)
+            return parse_progress(body, secret)
         case 400:
-            return Rejected(messages=field_messages(body))
+            return Rejected(messages=field_messages(body, secret))
         case 404:
             return NotFound()
         case 429 | 503 if retry_after is not None or status == 429:
@@ -63,7 +74,22 @@ def classify(
             return Transient(reason=f"HTTP {status}")
 
 
-def parse_progress(body: bytes) -> Outcome:
+def _masked(text: str, secret: str | None) -> str:
+    return text if secret is None else mask_text(text, secret)
+
+
+def _masked_json(data: Any, body: bytes, secret: str | None) -> Any:
+    """*data*, parsed from *body*, with *secret* masked in its strings, if it may hold it.
+
+    The key shows in the raw body as itself or, JSON-escaped, only where a backslash is: a
+    body with neither (most answers) is not walked.
+    """
+    if secret is None or (secret.encode() not in body and b"\\" not in body):
+        return data
+    return mask_value(data, secret)
+
+
+def parse_progress(body: bytes, secret: str | None = None) -> Outcome:
     """A 200 body as an ``Answer``; anything but the documented object is a transient failure.
 
     What the ``Answer`` holds can always be written as JSON: a ``result`` that cannot is
@@ -75,6 +101,7 @@ def parse_progress(body: bytes) -> Outcome:
         return Transient(reason="unreadable body: not JSON")
     if not isinstance(data, dict):
         return Transient(reason="unreadable body: JSON is not an object")
+    data = _masked_json(data, body, secret)
     status = data.get("status")
     session_id = data.get("session_id")
     mode = data.get("mode")
@@ -110,12 +137,14 @@ def parse_progress(body: bytes) -> Outcome:
     )
 
 
-def field_messages(body: bytes) -> str:
+def field_messages(body: bytes, secret: str | None = None) -> str:
     """A 400 body ``{"field": ["message", ...]}`` as one line: ``field: message; ...``."""
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
-        return clip(body[:500].decode("utf-8", "replace")) or "HTTP 400"
+        text = _masked(body[: 500 + 4 * len(secret or "")].decode("utf-8", "replace"), secret)
+        return clip(text[:500]) or "HTTP 400"
+    data = _masked_json(data, body, secret)
     if not isinstance(data, dict):
         return clip(as_text(data)[:500])
     parts = []
@@ -128,10 +157,10 @@ def field_messages(body: bytes) -> str:
     return clip(" | ".join(parts)) or "HTTP 400"
 
 
-def _failure(exc: BaseException) -> str:
+def _failure(exc: BaseException, secret: str | None) -> str:
     """An unexpected exception as a reason: its class, then its message, clipped and writable."""
     try:
-        message = str(exc)
+        message = _masked(str(exc), secret)
     except Exception:  # a broken __str__ must not break the boundary that reports it
         message = ""
     # One line: aiohttp's messages can span several.
@@ -149,12 +178,15 @@ def _redirect_target(url: URL, location: str) -> URL | None:
     return target
 
 
-def _shown_origin(url: URL) -> str:
-    """*url*'s origin for a message; yarl refuses one for a URL without a host (``mailto:x``)."""
+def _shown_origin(url: URL, secret: str | None) -> str:
+    """*url*'s origin for a message; yarl refuses one for a URL without a host (``mailto:x``).
+
+    The host is the server's text, lowercased by yarl: a key in it is masked in any case.
+    """
     try:
-        return clip(str(url.origin()), 200)
+        return clip(_masked(str(url.origin()), secret), 200)
     except ValueError:
-        return clip(f"{url.scheme}:", 200)
+        return clip(_masked(f"{url.scheme}:", secret), 200)
 
 
 def _origin(url: URL) -> tuple[str | None, str | None, int | None]:
@@ -207,7 +239,8 @@ class ApiClient:
         self._url = URL(settings.base_url.rstrip("/") + settings.path)
         self._prefix = str(self._url) + "?progress_id="
         self._origin = _origin(self._url)
-        self._headers = {_KEY_HEADER: settings.api_key.reveal(), "Accept": "application/json"}
+        self._secret = settings.api_key.reveal()
+        self._headers = {_KEY_HEADER: self._secret, "Accept": "application/json"}
         self._session: aiohttp.ClientSession | None = None
         self._watchdog: _Watchdog | None = None
 
@@ -257,15 +290,18 @@ class ApiClient:
         except AuthRefused:
             raise
         except aiohttp.ClientError as exc:
-            return Transient(reason=_failure(exc))
+            return Transient(reason=_failure(exc, self._secret))
         except OSError as exc:
             return Transient(
-                reason=clip(f"{type(exc).__name__}: {exc.strerror or exc}", MAX_REASON)
+                reason=clip(
+                    _masked(f"{type(exc).__name__}: {exc.strerror or exc}", self._secret),
+                    MAX_REASON,
+                )
             )
         except Exception as exc:
             # Whatever else talking to a server can raise (ValueError, UnicodeError, LookupError,
             # aiohttp internals): this id's attempt failed, the run goes on.
-            return Transient(reason=_failure(exc))
+            return Transient(reason=_failure(exc, self._secret))
         finally:
             del watchdog.started[task]
             if watchdog.expired and task in watchdog.expired:
@@ -292,7 +328,7 @@ class ApiClient:
                         # custom key header would follow; never let it leave the origin.
                         return Broken(
                             reason=f"HTTP {status} redirect to another origin "
-                            f"({_shown_origin(target)}) not followed: "
+                            f"({_shown_origin(target, self._secret)}) not followed: "
                             "the API key stays with base_url"
                         )
                     url = target
@@ -308,5 +344,6 @@ class ApiClient:
                     wall=time.time(),
                     # The raw header: aiohttp's parsed content_type costs more than this check.
                     content_type=headers.get("Content-Type", ""),
+                    secret=self._secret,
                 )
         return Broken(reason=f"more than {_MAX_REDIRECTS} redirects")

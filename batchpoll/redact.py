@@ -7,6 +7,7 @@ JUnit or a log. Masking a record's values is the one change batchpoll makes to a
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from typing import Any, Final
 
@@ -29,6 +30,15 @@ def mask_value(value: Any, secret: str) -> Any:
     if isinstance(value, list | tuple):
         return [mask_value(v, secret) for v in value]
     return value
+
+
+def mask_text(text: str, secret: str) -> str:
+    """*text* with *secret* masked in any letter case: for text a server or a library may have
+    case-folded (yarl lowercases a URL's host), before it is cut short and the cut could
+    leave a piece of the key."""
+    if secret.lower() not in text.lower():
+        return text
+    return re.sub(re.escape(secret), MASK, text, flags=re.IGNORECASE)
 
 
 def json_needle(secret: str) -> bytes:

@@ -66,6 +66,10 @@ def run_settings(settings: Settings, input_path: str, *, overwrite: bool = False
 
     if settings.junit and settings.output == STDOUT:
         raise UsageError("--junit needs -o OUTPUT: the report is built from the records written")
+    if settings.output == STDOUT and (settings.resume or overwrite):
+        # On stdout there is nothing to read back: the records would all be written again.
+        flag = "--resume" if settings.resume else "--overwrite"
+        raise UsageError(f"{flag} needs -o OUTPUT: it works on a file it can read back")
     secret = settings.api_key.reveal() if settings.api_key else None
     logs.configure(settings.log_format, settings.log_level, secret=secret)
     log = logs.get_logger()
@@ -305,7 +309,8 @@ async def _run_engine(
         if budget is not None:
             # Keeps a running pause in the store, which may lose it by restarting empty.
             tg.start_soon(budget.keep_pause)
-        items = owned(aiter_items(_read_chunks(source)), settings.shard)
+        forbidden = settings.api_key.reveal() if settings.api_key else None
+        items = owned(aiter_items(_read_chunks(source), forbidden=forbidden), settings.shard)
         await engine.run(_skip_done(items, done))
         tg.cancel_scope.cancel()
 

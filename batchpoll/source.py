@@ -57,26 +57,31 @@ def item_key(item: Item) -> str:
     return item if isinstance(item, str) else item.key
 
 
-def parse_line(raw: bytes, line_no: int) -> Item | None:
+def parse_line(raw: bytes, line_no: int, forbidden: str | None = None) -> Item | None:
     """One input line (bytes, newline removed or not) -> an id, an InvalidInput, or None.
 
     None means a blank line or a ``#`` comment (judged after trimming, even if not valid UTF-8).
-    ``line_no`` is 1-based and only copied into an InvalidInput.
+    ``line_no`` is 1-based and only copied into an InvalidInput. An id holding *forbidden*
+    (the API key, pasted into the ids by mistake) is invalid: it is never sent, and an
+    invalid line's text has it masked before the text is cut short.
     """
     if len(raw) > MAX_LINE_BYTES:
-        text = raw[: _MAX_TEXT_CHARS * 4].decode("utf-8", errors="replace").strip()
-        return _invalid(text, f"line longer than {MAX_LINE_BYTES} bytes", line_no, raw)
+        head = raw[: _MAX_TEXT_CHARS * 4 + 4 * len(forbidden or "")]
+        text = head.decode("utf-8", errors="replace").strip()
+        return _invalid(text, f"line longer than {MAX_LINE_BYTES} bytes", line_no, raw, forbidden)
     try:
         text = raw.decode("utf-8").strip()
     except UnicodeDecodeError:
         text = raw.decode("utf-8", errors="replace").strip()
         if _skipped(text):
             return None
-        return _invalid(text, "line is not valid UTF-8", line_no, raw)
+        return _invalid(text, "line is not valid UTF-8", line_no, raw, forbidden)
     if _skipped(text):
         return None
     pid, reason = _json_id(text) if text.startswith("{") else (text, id_problem(text))
-    return pid if reason is None else _invalid(text, reason, line_no, raw)
+    if reason is None and forbidden and forbidden in pid:
+        reason = "id contains the API key, so it is never sent"
+    return pid if reason is None else _invalid(text, reason, line_no, raw, forbidden)
 
 
 def _skipped(text: str) -> bool:
@@ -111,8 +116,12 @@ def id_problem(pid: str) -> str | None:
     return None
 
 
-def _invalid(text: str, reason: str, line_no: int, raw: bytes) -> InvalidInput:
+def _invalid(
+    text: str, reason: str, line_no: int, raw: bytes, forbidden: str | None = None
+) -> InvalidInput:
     digest = hashlib.sha256(raw.strip()).hexdigest()
+    if forbidden and forbidden in text:
+        text = text.replace(forbidden, "***")
     if len(text) > _MAX_TEXT_CHARS:
         text = text[: _MAX_TEXT_CHARS - 1] + "…"
     return InvalidInput(text=text, reason=reason, line_no=line_no, sha256=digest)
@@ -177,9 +186,11 @@ class LineSplitter:
 class Deduper:
     """Numbers lines from 1, parses them, and lets each distinct id or invalid text through once."""
 
-    __slots__ = ("_line_no", "_seen")
+    __slots__ = ("_forbidden", "_line_no", "_seen")
 
-    def __init__(self) -> None:
+    def __init__(self, forbidden: str | None = None) -> None:
+        """*forbidden*: text no id may hold (``parse_line``)."""
+        self._forbidden = forbidden
         # One set for ids and invalid lines alike, keyed as their records are (item_key), so
         # the output never holds two lines under one key (resume looks records up by it).
         self._seen: set[str] = set()
@@ -189,7 +200,7 @@ class Deduper:
         """The new items among ``lines``, which must follow the lines passed before."""
         for raw in lines:
             self._line_no += 1
-            item = parse_line(raw, self._line_no)
+            item = parse_line(raw, self._line_no, self._forbidden)
             if item is None:
                 continue
             key = item_key(item)
@@ -203,20 +214,22 @@ def _tail(splitter: LineSplitter) -> list[bytes]:
     return [] if last is None else [last]
 
 
-def iter_items(chunks: Iterable[bytes]) -> Iterator[Item]:
+def iter_items(chunks: Iterable[bytes], *, forbidden: str | None = None) -> Iterator[Item]:
     """Each distinct id (or invalid line) of the input, given as byte chunks of any size, in order.
 
-    A BOM, CRLF and a last line without LF are accepted.
+    A BOM, CRLF and a last line without LF are accepted; *forbidden* as in ``parse_line``.
     """
-    splitter, deduper = LineSplitter(), Deduper()
+    splitter, deduper = LineSplitter(), Deduper(forbidden)
     for chunk in chunks:
         yield from deduper.items(splitter.feed(chunk))
     yield from deduper.items(_tail(splitter))
 
 
-async def aiter_items(chunks: AsyncIterable[bytes]) -> AsyncIterator[Item]:
+async def aiter_items(
+    chunks: AsyncIterable[bytes], *, forbidden: str | None = None
+) -> AsyncIterator[Item]:
     """``iter_items`` for an async chunk source (a file or stdin read without blocking the loop)."""
-    splitter, deduper = LineSplitter(), Deduper()
+    splitter, deduper = LineSplitter(), Deduper(forbidden)
     async for chunk in chunks:
         for item in deduper.items(splitter.feed(chunk)):
             yield item

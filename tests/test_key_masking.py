@@ -85,6 +85,11 @@ def _echo_app() -> web.Application:
         key = request.headers.get("X-CEKURA-API-KEY", "")
         pid = request.query.get("progress_id", "")
         escaped = "".join(f"\\u{ord(c):04x}" for c in key)
+        if pid == "echo-loc-host":
+            raise web.HTTPFound(f"http://{key.upper()}.example.test/x")
+        if pid == "echo-errcut":
+            body = orjson.dumps({"status": "failed", "error": "x" * 9993 + key + "y" * 50})
+            return web.Response(body=body, content_type="application/json")
         if pid == "echo-400":
             return web.json_response({"progress_id": [f"key {key} not allowed"]}, status=400)
         if pid == "echo-escaped":
@@ -129,7 +134,10 @@ async def _serving() -> AsyncIterator[str]:
 async def test_a_server_echoing_the_key_gets_it_into_no_file_and_no_log(tmp_path: Path) -> None:
     """Key echoed in results, errors, a 400, JSON escapes and a status: no written byte has it."""
     ids = tmp_path / "ids.txt"
-    ids.write_text("echo-result\necho-failed\necho-400\necho-escaped\necho-status\n")
+    ids.write_text(
+        "echo-result\necho-failed\necho-400\necho-escaped\necho-status\n"
+        "echo-loc-host\necho-errcut\n"
+    )
     out, summary, junit, split = (
         tmp_path / n for n in ("out.jsonl", "summary.json", "junit.xml", "split")
     )
@@ -150,8 +158,18 @@ async def test_a_server_echoing_the_key_gets_it_into_no_file_and_no_log(tmp_path
     written |= {tmp_path / "stdout": proc.stdout, tmp_path / "stderr": proc.stderr}
     for path, data in written.items():
         assert KEY.encode() not in data, path
+        # Nor a piece of it (a cut), nor the key in another case (yarl lowercases a host).
+        assert KEY[:6].encode().lower() not in data.lower(), path
     records = {r["progress_id"]: r for r in map(orjson.loads, out.read_bytes().splitlines())}
-    assert set(records) == {"echo-result", "echo-failed", "echo-400", "echo-escaped", "echo-status"}
+    assert len(records) == 7
     assert records["echo-result"]["result"] == {"prompt": "use ***", "***": ["***"]}
     assert records["echo-escaped"]["result"] == {"k": "***"}
     assert records["echo-400"]["status"] == "rejected"
+
+
+def test_mask_text_masks_the_key_in_any_case() -> None:
+    """Text a library may have case-folded (a URL's host) has the key masked in any case."""
+    from batchpoll.redact import mask_text
+
+    assert mask_text("http://sk_live_abcdef.example", "SK_Live_ABCdef") == "http://***.example"
+    assert mask_text("nothing here", "SK_Live_ABCdef") == "nothing here"

@@ -417,3 +417,57 @@ async def test_a_run_refused_for_a_lock_has_changed_nothing(tmp_path: Path) -> N
             assert f"process {proc.pid}".encode() in err
             proc.send_signal(signal.SIGTERM)
             await proc.wait()
+
+
+@pytest.mark.parametrize("flag", ["--resume", "--overwrite"])
+def test_resume_or_overwrite_on_stdout_is_refused(
+    tmp_path: Path, refused: Refusal, capsys: pytest.CaptureFixture[str], flag: str
+) -> None:
+    """--resume/--overwrite need a file to read back: with -o - they would write it all again."""
+    ids = write_ids(tmp_path, ["cli-1"])
+    assert "needs -o OUTPUT" in refused(capsys, ids, flag)
+
+
+@pytest.mark.parametrize("target", ["output", "input"])
+async def test_stderr_redirected_into_output_or_input_is_refused(
+    tmp_path: Path, target: str
+) -> None:
+    """`2>> out.jsonl` or `2>> ids.txt`: logs would mix with the records, or be read back as
+    ids for ever; exit 2, before any request, both files as they were."""
+    ids = write_ids(tmp_path, ["cli-1", "cli-2"])
+    out = tmp_path / "out.jsonl"
+    out.write_bytes(b"")
+    async with running_simulator(SIM) as sim:
+        cmd = [sys.executable, "-m", "batchpoll", *run(sim, ids, "-o", str(out))]
+        with (out if target == "output" else ids).open("ab") as stderr:
+            proc = await anyio.run_process(
+                cmd, stderr=stderr, env=_child_env(tmp_path), check=False
+            )
+        assert sim.stats.requests == 0
+    assert proc.returncode == 2
+    if target == "input":
+        assert ids.read_bytes().startswith(b"cli-1\ncli-2\n")  # + the one error line
+    else:
+        assert ids.read_bytes() == b"cli-1\ncli-2\n"
+    assert b"standard error" in (out if target == "output" else ids).read_bytes()
+
+
+async def test_an_id_holding_the_key_is_never_sent_and_resumes_once(tmp_path: Path) -> None:
+    """A pasted id that holds the API key is invalid_input (masked), never sent, and a
+    --resume finds its record again instead of writing another."""
+    ids = tmp_path / "ids.txt"
+    ids.write_text(f"cli-1\nmy-{KEY}-x\n{'y' * 295}{KEY}\n")
+    out = tmp_path / "out.jsonl"
+    async with running_simulator(SIM) as sim:
+        for _ in range(2):
+            code, _, err = await batchpoll([*run(sim, ids, "-o", str(out), "--resume")], tmp_path)
+            assert code == 1, err
+        polled = set(sim.stats.polls_by_id)
+        assert polled == {"cli-1"}
+    data = out.read_bytes()
+    assert KEY[:6].encode() not in data
+    got = lines(data)
+    assert len(got) == 3
+    invalid = sorted(str(r["progress_id"]) for r in got if r["status"] == "invalid_input")
+    assert invalid[0] == "my-***-x"
+    assert invalid[1] == "y" * 295 + "***"  # masked before it is cut at 300 characters
