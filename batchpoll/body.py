@@ -26,6 +26,8 @@ MAX_BODY: Final = 10 * 1024 * 1024
 MAX_TEXT: Final = 10_000
 #: The longest failure reason kept; reasons are one line in a record and a log event.
 MAX_REASON: Final = 1_000
+#: Most characters kept of a ``status`` or ``mode``: words, kept for every waiting id.
+MAX_WORD: Final = 200
 _CHUNK: Final = 64 * 1024
 
 

@@ -21,7 +21,7 @@ import orjson
 from yarl import URL
 
 from .backoff import parse_retry_after
-from .body import MAX_BODY, MAX_REASON, MAX_TEXT, as_text, clip, read_capped, unwritable
+from .body import MAX_BODY, MAX_REASON, MAX_TEXT, MAX_WORD, as_text, clip, read_capped, unwritable
 from .config import Settings
 from .errors import AuthRefused
 from .records import Answer, Broken, NotFound, Outcome, Rejected, Throttled, Transient
@@ -114,12 +114,12 @@ def parse_progress(body: bytes, secret: str | None = None) -> Outcome:
         return Broken(reason=f"unreadable body: result cannot be written as JSON: {problem}")
     # Strings orjson.loads returns are valid UTF-8, so only their length needs a check; inline
     # tests, not a call per field, as this runs on every poll.
-    if len(status) > MAX_TEXT:
-        status = clip(status)
+    if len(status) > MAX_WORD:
+        status = clip(status, MAX_WORD)
     if not isinstance(mode, str):
         mode = None
-    elif len(mode) > MAX_TEXT:
-        mode = clip(mode)
+    elif len(mode) > MAX_WORD:
+        mode = clip(mode, MAX_WORD)
     if error is not None and (type(error) is not str or len(error) > MAX_TEXT):
         error = clip(as_text(error))
     # type(), not isinstance(): bool is an int subclass.

@@ -44,6 +44,8 @@ from .stats import Rate, RunStats, cause_of, facts
 
 #: How many read ids may wait between the reader and the scheduler.
 READ_AHEAD: Final = 1024
+#: How many distinct unknown statuses are logged (each once); past that, no more.
+MAX_UNKNOWN_STATUSES: Final = 100
 #: Seconds between two heartbeat log events.
 HEARTBEAT_S: Final = 10.0
 #: Bounds on how late (s) the timing wheel may let a re-poll fall due.
@@ -394,9 +396,14 @@ class Engine:
                 status != IN_PROGRESS
                 and status not in TERMINAL
                 and status not in self._unknown_statuses
+                and len(self._unknown_statuses) < MAX_UNKNOWN_STATUSES
             ):
                 self._unknown_statuses.add(status)
                 self._log.warning("unknown_status", status=status, progress_id=slot.pid)
+                if len(self._unknown_statuses) == MAX_UNKNOWN_STATUSES:
+                    # A server inventing a status per answer would otherwise grow the set and
+                    # the log without end.
+                    self._log.warning("unknown_statuses_not_logged", after=MAX_UNKNOWN_STATUSES)
         if self._aimd.clean(now):
             self._set_rate(self._aimd.rate)
 

@@ -176,6 +176,42 @@ def check_replaceable(path: str, part: str, looks_ours: Callable[[bytes], bool])
         )
 
 
+def remove_stale_temporaries(path: str) -> list[str]:
+    """Remove the temporary files ``replace_file`` left beside *path* in a process that is gone
+    (killed with SIGKILL mid-rewrite); return their names.
+
+    Each is named after its process, so one whose process no longer exists is provably ours
+    and abandoned. One of a live process (a run at work, or a pid reused) is left alone.
+    """
+    target = os.path.realpath(path)
+    directory, base = os.path.split(target)
+    removed: list[str] = []
+    try:
+        names = os.listdir(directory or ".")
+    except OSError:
+        return removed
+    for name in names:
+        if not (name.startswith(base + ".") and name.endswith(_TMP_SUFFIX)):
+            continue
+        pid_text, _, number = name[len(base) + 1 : -len(_TMP_SUFFIX)].partition(".")
+        if not (pid_text.isdigit() and number.isdigit()) or _alive(int(pid_text)):
+            continue
+        with contextlib.suppress(OSError):
+            os.unlink(os.path.join(directory, name))
+            removed.append(name)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True  # another user's process, or no such pid to ask about: leave it
+    return True
+
+
 def _create_sibling(target: str) -> tuple[int, str]:
     """A new, empty, private file next to *target*; its descriptor and path."""
     for n in range(100):
@@ -203,6 +239,7 @@ def replace_file(
     lock there, so the replaced file is never unlocked for a moment. Raises ``OSError``.
     """
     target = os.path.realpath(path)
+    remove_stale_temporaries(target)
     try:
         before: os.stat_result | None = os.stat(target)
     except FileNotFoundError:

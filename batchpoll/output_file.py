@@ -20,7 +20,7 @@ from typing import Any, BinaryIO, Final
 import orjson
 
 from .errors import InputFileError
-from .outfiles import STDIO, OutputLock, replace_file
+from .outfiles import STDIO, OutputLock, remove_stale_temporaries, replace_file
 from .records import ALL_STATUSES, record_key
 
 _CHUNK: Final = 64 * 1024
@@ -64,6 +64,7 @@ def prepare_output(
     polled again and written once more. Either way the file must first be proved batchpoll's
     (``scan_output``), or it is refused untouched. Streams: memory holds keys, not the file.
     """
+    remove_stale_temporaries(path)  # a rewrite killed with SIGKILL left it; we hold the lock
     try:
         size = os.fstat(lock.fd).st_size
     except OSError as exc:

@@ -54,7 +54,47 @@ LAST_WORDS_S = 0.2
 GC_GEN0_THRESHOLD = 7000
 
 
+class SignalExit(BaseException):
+    """SIGTERM (or SIGINT) outside the event loop: unwinds, so every ``finally`` runs (a
+    half-written temporary file is removed, locks are let go), then exits 128+N."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_signal_exit(signum: int, _frame: object) -> None:
+    raise SignalExit(signum)
+
+
+@contextlib.contextmanager
+def _signals_unwind() -> Iterator[None]:
+    """SIGINT and SIGTERM raise ``SignalExit`` while the run prepares and reports; inside the
+    event loop ``_stop_on_signal`` answers them instead (asyncio installs its own)."""
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig in before:
+        signal.signal(sig, _raise_signal_exit)
+    try:
+        yield
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+
+
 def run_settings(settings: Settings, input_path: str, *, overwrite: bool = False) -> int:
+    """Run one poll job as the CLI does; return its exit code (see ``_run_settings``).
+
+    A signal before or after the polling (a long rewrite of OUTPUT, say) still leaves every
+    file whole and exits 128+N.
+    """
+    try:
+        with _signals_unwind():
+            return _run_settings(settings, input_path, overwrite=overwrite)
+    except SignalExit as stopped:
+        return 128 + stopped.signum
+
+
+def _run_settings(settings: Settings, input_path: str, *, overwrite: bool) -> int:
     """Run one poll job as the CLI does; return its exit code.
 
     Every file the run would write is checked before the first request (``_check_files``).
@@ -187,6 +227,9 @@ def _run_and_report(
         failure = exc
     finally:
         sink.close()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            # asyncio put back the default action when its loop closed.
+            signal.signal(sig, _raise_signal_exit)
     code = _exit_code(stats, settings, failure)
     summary = stats.summary()
     summary["resumed"] = stats.resumed
@@ -223,6 +266,8 @@ def _exit_code(stats: RunStats, settings: Settings, failure: BaseException | Non
         return exit_code(stats.by_status, settings.fail_on)
     if (error := find_error(failure, BatchpollError)) is not None:
         return error.exit_code
+    if (stopped := find_error(failure, SignalExit)) is not None:
+        return 128 + stopped.signum
     if find_error(failure, KeyboardInterrupt) is not None:
         return 128 + signal.SIGINT
     return 1

@@ -268,7 +268,7 @@ async def test_a_result_too_deep_to_write_is_broken() -> None:
 async def test_odd_values_in_an_answer_are_made_writable() -> None:
     """Huge integers, a session_id past 64 bits, a deep non-string error and a long mode all
     end up in an Answer whose record can be written."""
-    from batchpoll.body import MAX_TEXT
+    from batchpoll.body import MAX_WORD
     from batchpoll.records import Record
 
     body = (
@@ -283,8 +283,8 @@ async def test_odd_values_in_an_answer_are_made_writable() -> None:
     assert outcome.session_id is None
     assert outcome.result == {"n": 1.2345678901234568e29, "m": -1.8446744073709552e19}
     assert outcome.mode is not None
-    assert outcome.mode.startswith("m" * MAX_TEXT)
-    assert outcome.mode.endswith("… [40000 more characters cut]")
+    assert outcome.mode.startswith("m" * MAX_WORD)
+    assert outcome.mode.endswith(f"… [{50_000 - MAX_WORD} more characters cut]")
     assert outcome.error == "<dict too deeply nested to show>"
     rec = Record(
         progress_id="x",

@@ -312,3 +312,48 @@ async def test_a_pause_longer_than_the_deadline_ends_the_run_at_once() -> None:
     assert {r.status for r in records} == {"timed_out"}
     assert sim.stats.by_status[429] == 1
     assert stats.throttled == 1
+
+
+async def test_a_server_inventing_statuses_gets_a_bounded_number_logged() -> None:
+    """A new unknown status on every answer: each of the first MAX_UNKNOWN_STATUSES is logged
+    once, then one line says no more are; every id still ends."""
+    from dataclasses import replace
+
+    import orjson
+    import structlog
+    from aiohttp import web
+    from helpers import FAST, items_of
+
+    from batchpoll.client import ApiClient
+    from batchpoll.engine import MAX_UNKNOWN_STATUSES, Engine
+
+    answered: dict[str, int] = {}
+
+    async def handle(request: web.Request) -> web.Response:
+        pid = request.query["progress_id"]
+        answered[pid] = answered.get(pid, 0) + 1
+        status = f"invented-{pid}" if answered[pid] == 1 else "completed"
+        return web.Response(body=orjson.dumps({"status": status}), content_type="application/json")
+
+    app = web.Application()
+    app.router.add_get(FAST.path, handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    settings = replace(FAST, base_url=f"http://127.0.0.1:{port}")
+    sink = ListSink()
+    try:
+        with capture_logs() as logs:
+            async with ApiClient(settings) as client:
+                engine = Engine(settings, client.poll, sink, log=structlog.get_logger())
+                with anyio.fail_after(30):
+                    await engine.run(items_of(f"s{i}" for i in range(MAX_UNKNOWN_STATUSES + 50)))
+    finally:
+        await runner.cleanup()
+    events = [entry["event"] for entry in logs]
+    assert events.count("unknown_status") == MAX_UNKNOWN_STATUSES
+    assert events.count("unknown_statuses_not_logged") == 1
+    assert {r.status for r in sink.records} == {"completed"}
+    assert len(sink.records) == MAX_UNKNOWN_STATUSES + 50

@@ -471,3 +471,44 @@ async def test_an_id_holding_the_key_is_never_sent_and_resumes_once(tmp_path: Pa
     invalid = sorted(str(r["progress_id"]) for r in got if r["status"] == "invalid_input")
     assert invalid[0] == "my-***-x"
     assert invalid[1] == "y" * 295 + "***"  # masked before it is cut at 300 characters
+
+
+async def test_sigterm_during_a_long_rewrite_leaves_output_whole_and_no_temporary(
+    tmp_path: Path,
+) -> None:
+    """SIGTERM while --resume rewrites a big OUTPUT (before polling starts): exit 143, OUTPUT
+    as it was, no temporary file; one a SIGKILLed rewrite left is removed by the next run."""
+    out = tmp_path / "big.jsonl"
+    padding = "x" * 300
+    out.write_bytes(
+        b"".join(
+            orjson.dumps({"progress_id": f"b-{i}", "status": "failed" if i % 2 else "completed",
+                          "result": {"p": padding}}) + b"\n"
+            for i in range(150_000)
+        )
+    )  # fmt: skip
+    before = out.read_bytes()
+    async with await anyio.open_process([sys.executable, "-c", "pass"]) as gone:
+        await gone.wait()
+    stale = tmp_path / f"big.jsonl.{gone.pid}.0.batchpoll-tmp"
+    ids = write_ids(tmp_path, ["b-1", "b-2"])
+    async with running_simulator(SIM) as sim:
+        cmd = [sys.executable, "-m", "batchpoll", *run(sim, ids, "-o", str(out), "--resume")]
+        cmd += ["--retry-statuses", "failed"]
+        async with await anyio.open_process(cmd, env=_child_env(tmp_path)) as proc:
+            with anyio.fail_after(20):
+                # Nothing signals that the rewrite has begun but its file: look for it.
+                while not leftovers(tmp_path):  # noqa: ASYNC110
+                    await anyio.sleep(0.005)
+            proc.send_signal(signal.SIGTERM)
+            with anyio.fail_after(5):
+                assert await proc.wait() == 143
+        assert sim.stats.requests == 0
+    assert out.read_bytes() == before
+    assert leftovers(tmp_path) == []
+    # A temporary file of a process that is gone (as after SIGKILL) is the next run's to remove.
+    stale.write_bytes(b"half")
+    async with running_simulator(SIM) as sim:
+        code, _, err = await batchpoll([*run(sim, ids, "-o", str(out), "--resume")], tmp_path)
+    assert code in (0, 1), err
+    assert leftovers(tmp_path) == []
