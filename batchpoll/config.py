@@ -471,8 +471,10 @@ def _kubernetes_shard(env: Mapping[str, str]) -> Shard | None:
         # JOB_COMPLETION_INDEX + BATCHPOLL_SHARDS pair is left to look at.
         return shard_from_env(env)
     except ValueError as exc:
-        pair = f"{env.get(INDEX_ENV, '')}/{env.get(COUNT_ENV, '')}"
-        raise ConfigError("shard", shown(pair), _KUBERNETES_SOURCE, str(exc)) from None
+        # Each part shown on its own: the "/" between them would keep a key-shaped part
+        # from looking like one word.
+        pair = f"{shown(env.get(INDEX_ENV, ''))}/{shown(env.get(COUNT_ENV, ''))}"
+        raise ConfigError("shard", pair, _KUBERNETES_SOURCE, str(exc)) from None
 
 
 def _sharing_warnings(values: Mapping[str, Any], sources: Mapping[str, str]) -> tuple[str, ...]:

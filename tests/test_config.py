@@ -821,17 +821,17 @@ def test_shard_precedence(
         (
             {"JOB_COMPLETION_INDEX": "3", "BATCHPOLL_SHARDS": "3"},
             "",
-            rf"^shard=.3/3. \(from {K8S}\): JOB_COMPLETION_INDEX=3 must be below BATCHPOLL_SHARDS",
+            rf"^shard=.3/3. \(from {K8S}\): JOB_COMPLETION_INDEX must be below BATCHPOLL_SHARDS=3",
         ),
         (
             {"BATCHPOLL_SHARDS": "3"},
             "",
-            r"BATCHPOLL_SHARDS='3' is set but JOB_COMPLETION_INDEX is not",
+            r"^shard='/3' .*: BATCHPOLL_SHARDS is set but JOB_COMPLETION_INDEX is not",
         ),
         (
             {"JOB_COMPLETION_INDEX": "1", "BATCHPOLL_SHARDS": "zero"},
             "",
-            r"BATCHPOLL_SHARDS='zero' must be a whole number >= 1",
+            r"^shard='1/zero' .*: BATCHPOLL_SHARDS must be a whole number from 1 to 100000",
         ),
     ],
     ids=[
@@ -1084,3 +1084,4 @@ def test_a_key_too_short_to_mask_safely_is_refused(key: str) -> None:
     with pytest.raises(ConfigError, match="at least 8") as caught:
         load_settings({}, {"CEKURA_API_KEY": key}, None, None)
     assert str(caught.value).startswith("api_key=Secret('***')")
+
