@@ -194,6 +194,9 @@ def _optional(parse: Parse) -> Parse:
     return parse_optional
 
 
+_UNKNOWN_NAMED: Final = 5  # unknown statuses a message names
+
+
 def _statuses(raw: object, text: bool) -> frozenset[str]:
     # Lists come as "a,b" from flags and env, and as an array or "a,b" from TOML.
     if isinstance(raw, str):
@@ -212,8 +215,13 @@ def _statuses(raw: object, text: bool) -> frozenset[str]:
             raise ValueError("'none' must stand alone")
         return frozenset()
     if unknown := names - ALL_STATUSES:
+        # Named as shown, and only the first few: a pasted key or a megabyte of words is
+        # still what the user typed.
+        named = [str(shown(name)) for name in sorted(unknown)[:_UNKNOWN_NAMED]]
+        if len(unknown) > _UNKNOWN_NAMED:
+            named.append(f"and {len(unknown) - _UNKNOWN_NAMED} more")
         raise ValueError(
-            f"unknown status {', '.join(sorted(unknown))}; known: {', '.join(sorted(ALL_STATUSES))}"
+            f"unknown status {', '.join(named)}; known: {', '.join(sorted(ALL_STATUSES))}"
         )
     return frozenset(names)
 
