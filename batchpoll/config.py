@@ -616,7 +616,7 @@ def _parse(name: str, spec: _Spec, raw: object, source: str, text: bool) -> Any:
 SHOWN_CHARS: Final = 100
 #: Shaped like an API key: one word of 12+ characters mixing letters and digits, with no dot,
 #: slash or whitespace (so no path, number, URL, list or status name). Errs towards hiding.
-_KEY_SHAPE: Final = re.compile(r"(?=[^\d]*\d)(?=[^a-zA-Z]*[a-zA-Z])[^\s./\\]{12,}")
+KEY_SHAPE: Final = re.compile(r"(?=[^\d]*\d)(?=[^a-zA-Z]*[a-zA-Z])[^\s./\\]{12,}")
 HIDDEN: Final = "<hidden: looks like a key>"
 
 
@@ -639,7 +639,7 @@ def shown(value: object) -> object:
         value = masked_url(value)
     elif "@" in value:
         value = "***@" + value.rpartition("@")[2]
-    elif _KEY_SHAPE.fullmatch(value.strip()):
+    elif KEY_SHAPE.fullmatch(value.strip()):
         return HIDDEN
     if len(value) > SHOWN_CHARS:
         value = f"{value[:SHOWN_CHARS]}...[{len(value)} characters in all]"
