@@ -13,8 +13,12 @@ from datetime import UTC
 from email.utils import parsedate_to_datetime
 from typing import Final
 
-# Delay-seconds, with the fraction some servers add; ASCII digits only, unlike float().
-_DECIMAL: Final = re.compile(r"[0-9]+(?:\.[0-9]+)?", re.ASCII)
+# A number as float() reads it, with ASCII digits only (float() takes any script's) and no
+# "_" separators: delay-seconds, the fraction some servers add, an exponent, inf, nan.
+_NUMBER: Final = re.compile(
+    r"[+-]?(?:(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|inf(?:inity)?|nan)",
+    re.ASCII | re.IGNORECASE,
+)
 
 
 def grow(base: float | None, *, first: float, factor: float, cap: float) -> float:
@@ -57,18 +61,23 @@ def retry_delay(failures: int, *, base: float, cap: float, rng: random.Random) -
 def parse_retry_after(value: str, *, now: float, cap: float = 6 * 3600.0) -> float | None:
     """A ``Retry-After`` header value -> seconds to wait from ``now`` (epoch seconds), or None.
 
-    Accepts delay-seconds (RFC 9110 section 10.2.3), a non-negative decimal such as ``1.5`` (some
-    servers send one), or an HTTP date (a date without a zone is taken as UTC; a past date gives
-    0). Anything else (a sign, an exponent, NaN, non-ASCII digits) gives None. The result is
-    always a float in ``[0, cap]``, so a bogus far-future value cannot stall a run for days, and
-    however large the number or far the date, it is still a wait to honour.
+    Accepts delay-seconds (RFC 9110 section 10.2.3), any other non-negative number in ASCII
+    (``1.5``, ``1e3``, ``+5``: some servers send one), or an HTTP date (a date without a zone
+    is taken as UTC; a past date gives 0). A server that sends a Retry-After asks for a pause,
+    so a number too large for a float (``1e400``, ``inf``) is the cap, not garbage. A negative
+    number, NaN, non-ASCII digits or anything else gives None. The result is always a float
+    in ``[0, cap]``, so a bogus far-future value cannot stall a run for days, and however large
+    the number or far the date, it is still a wait to honour.
     """
     cap = float(cap)
     text = value.strip()
-    if _DECIMAL.fullmatch(text):
-        # float() of any digit string is finite or inf, never an error (int() refuses 4300+
+    if _NUMBER.fullmatch(text):
+        # float() of such text never raises: too large is inf (int() would refuse 4300+
         # digits), and inf is clamped like any other excess.
-        return min(cap, float(text))
+        seconds = float(text)
+        if math.isnan(seconds) or seconds < 0:
+            return None
+        return min(cap, max(0.0, seconds))  # max: "-0" is 0.0, not -0.0
     return _seconds_until_date(text, now=now, cap=cap)
 
 

@@ -14,7 +14,18 @@ from typing import Any, NoReturn
 import orjson
 
 from . import __version__
-from .config import KEY_PLACES, Settings, describe, load_settings, shown
+from .config import (
+    HIDDEN,
+    KEY_PLACES,
+    KEY_SHAPE,
+    MIN_KEY_CHARS,
+    SHOWN_CHARS,
+    Secret,
+    Settings,
+    describe,
+    load_settings,
+    shown,
+)
 from .errors import BatchpollError, InputFileError, UsageError, find_error
 
 SIGPIPE_EXIT = 141
@@ -22,6 +33,10 @@ SIGPIPE_EXIT = 141
 #: Which of the standard descriptors (0, 1, 2) were closed when ``main`` started; each now
 #: holds os.devnull. Set once per ``main``, read by ``run`` to refuse ``-`` on a closed one.
 closed_std: frozenset[int] = frozenset()
+
+#: The API key of the settings the running command loaded, for ``main`` to mask out of an
+#: error: one raised after loading may quote a path or a value the key was typed into.
+_loaded_key: Secret | None = None
 
 # Option names that can only mean "here is my key" (compared lower-case, without - and _).
 _KEY_FLAGS = frozenset({"apikey", "cekuraapikey", "key", "apitoken", "token", "secret"})
@@ -233,8 +248,9 @@ def _parser(argv: Sequence[str] | None = None) -> _Parser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the process exit code."""
-    global closed_std
+    global closed_std, _loaded_key
     closed_std = _occupy_closed_std()
+    _loaded_key = None
     try:
         args = _parser(argv).parse_args(argv)
         command: Callable[[argparse.Namespace], int] = _COMMANDS[args.command]
@@ -250,8 +266,68 @@ def main(argv: Sequence[str] | None = None) -> int:
         error = find_error(exc, BatchpollError)
         if error is None:
             raise
-        print(f"batchpoll: error: {error}", file=sys.stderr)
+        print(f"batchpoll: error: {safe_message(str(error), _known_keys())}", file=sys.stderr)
         return error.exit_code
+
+
+def _known_keys() -> list[str]:
+    """The keys an error message must not show: the loaded one, and the environment's."""
+    keys = [_loaded_key.reveal()] if _loaded_key is not None else []
+    if env_key := os.environ.get("CEKURA_API_KEY", "").strip():
+        keys.append(env_key)
+    return keys
+
+
+# A word of an error message, for KEY_SHAPE: what lies between whitespace, path separators,
+# quotes and the punctuation messages put around values. Dots stay inside: see _hide_word.
+_WORD = re.compile(r"[^\s/\\'\"`,;:()\[\]{}<>=]+")
+_LONG_RUN = re.compile(rf"\S{{{SHOWN_CHARS + 1},}}")
+# A run ``shown`` cut already (up to a short label like ``output='`` before it, and the
+# marker's "...[LENGTH" after): cutting it again would tell the wrong length.
+_CUT_BY_SHOWN = re.compile(rf"\S{{0,{SHOWN_CHARS + 60}}}\.\.\.\[\d{{1,12}}")
+#: The most characters of one error message; the rest is cut, with the length told.
+MAX_MESSAGE_CHARS = 2000
+
+
+def safe_message(message: str, keys: Sequence[str] = ()) -> str:
+    """*message* fit for a terminal or a CI log: every occurrence of each of *keys* (of
+    ``MIN_KEY_CHARS`` or more) as ``***`` whatever its case, every key-shaped word hidden
+    (a path's last part too; its directories are kept), every run of more than
+    ``SHOWN_CHARS`` non-space characters cut, and the whole cut at ``MAX_MESSAGE_CHARS``.
+
+    Errors are built in many modules from what the user typed (paths, values), and a key is
+    typed where a path goes often enough; this is the one net under all of them.
+    """
+    for key in keys:
+        if len(key) >= MIN_KEY_CHARS:
+            # IGNORECASE: some layers lowercase what they echo (a URL's host, a status).
+            message = re.sub(re.escape(key), "***", message, flags=re.IGNORECASE)
+    message = _WORD.sub(_hide_word, message)
+    message = _LONG_RUN.sub(_cut_run, message)
+    if len(message) > MAX_MESSAGE_CHARS:
+        message = f"{message[:MAX_MESSAGE_CHARS]}...[{len(message)} characters in all]"
+    return message
+
+
+def _hide_word(match: re.Match[str]) -> str:
+    word = match[0]
+    core = word.rstrip(".")  # a sentence's full stop is not part of the word
+    # A dot inside makes it a file name (results-2024.jsonl) or a number, never hidden.
+    if "." in core or not KEY_SHAPE.fullmatch(core):
+        return word
+    # A directory on the way to a file is kept (CI workspaces and temporary directories are
+    # named like job_12345_0): a key typed where a path goes is the path's last part.
+    after = match.string[match.end() : match.end() + 2]
+    if len(after) == 2 and after[0] in "/\\" and _WORD.match(after[1]):
+        return word
+    return HIDDEN + word[len(core) :]
+
+
+def _cut_run(match: re.Match[str]) -> str:
+    run = match[0]
+    if _CUT_BY_SHOWN.fullmatch(run):
+        return run
+    return f"{run[:SHOWN_CHARS]}...[{len(run)} characters in all]"
 
 
 def _occupy_closed_std() -> frozenset[int]:
@@ -305,13 +381,16 @@ def _flags(args: argparse.Namespace) -> dict[str, object]:
 
 
 def _settings(args: argparse.Namespace, *, require_key: bool = True) -> Settings:
-    return load_settings(
+    global _loaded_key
+    settings = load_settings(
         _flags(args),
         os.environ,
         getattr(args, "config", None),
         getattr(args, "api_key_file", None),
         require_key=require_key,
     )
+    _loaded_key = settings.api_key
+    return settings
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -339,7 +418,7 @@ def _cmd_config(args: argparse.Namespace) -> int:
     key = "*** (" + settings.api_key_source + ")" if settings.api_key else "none found"
     print(f"{'api_key':<{width}} = {key}")
     for warning in settings.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
+        print(f"warning: {safe_message(warning, _known_keys())}", file=sys.stderr)
     return 0
 
 

@@ -194,6 +194,9 @@ def _optional(parse: Parse) -> Parse:
     return parse_optional
 
 
+_UNKNOWN_NAMED: Final = 5  # unknown statuses a message names
+
+
 def _statuses(raw: object, text: bool) -> frozenset[str]:
     # Lists come as "a,b" from flags and env, and as an array or "a,b" from TOML.
     if isinstance(raw, str):
@@ -212,8 +215,13 @@ def _statuses(raw: object, text: bool) -> frozenset[str]:
             raise ValueError("'none' must stand alone")
         return frozenset()
     if unknown := names - ALL_STATUSES:
+        # Named as shown, and only the first few: a pasted key or a megabyte of words is
+        # still what the user typed.
+        named = [str(shown(name)) for name in sorted(unknown)[:_UNKNOWN_NAMED]]
+        if len(unknown) > _UNKNOWN_NAMED:
+            named.append(f"and {len(unknown) - _UNKNOWN_NAMED} more")
         raise ValueError(
-            f"unknown status {', '.join(sorted(unknown))}; known: {', '.join(sorted(ALL_STATUSES))}"
+            f"unknown status {', '.join(named)}; known: {', '.join(sorted(ALL_STATUSES))}"
         )
     return frozenset(names)
 
@@ -471,8 +479,10 @@ def _kubernetes_shard(env: Mapping[str, str]) -> Shard | None:
         # JOB_COMPLETION_INDEX + BATCHPOLL_SHARDS pair is left to look at.
         return shard_from_env(env)
     except ValueError as exc:
-        pair = f"{env.get(INDEX_ENV, '')}/{env.get(COUNT_ENV, '')}"
-        raise ConfigError("shard", shown(pair), _KUBERNETES_SOURCE, str(exc)) from None
+        # Each part shown on its own: the "/" between them would keep a key-shaped part
+        # from looking like one word.
+        pair = f"{shown(env.get(INDEX_ENV, ''))}/{shown(env.get(COUNT_ENV, ''))}"
+        raise ConfigError("shard", pair, _KUBERNETES_SOURCE, str(exc)) from None
 
 
 def _sharing_warnings(values: Mapping[str, Any], sources: Mapping[str, str]) -> tuple[str, ...]:
@@ -606,7 +616,7 @@ def _parse(name: str, spec: _Spec, raw: object, source: str, text: bool) -> Any:
 SHOWN_CHARS: Final = 100
 #: Shaped like an API key: one word of 12+ characters mixing letters and digits, with no dot,
 #: slash or whitespace (so no path, number, URL, list or status name). Errs towards hiding.
-_KEY_SHAPE: Final = re.compile(r"(?=[^\d]*\d)(?=[^a-zA-Z]*[a-zA-Z])[^\s./\\]{12,}")
+KEY_SHAPE: Final = re.compile(r"(?=[^\d]*\d)(?=[^a-zA-Z]*[a-zA-Z])[^\s./\\]{12,}")
 HIDDEN: Final = "<hidden: looks like a key>"
 
 
@@ -629,7 +639,7 @@ def shown(value: object) -> object:
         value = masked_url(value)
     elif "@" in value:
         value = "***@" + value.rpartition("@")[2]
-    elif _KEY_SHAPE.fullmatch(value.strip()):
+    elif KEY_SHAPE.fullmatch(value.strip()):
         return HIDDEN
     if len(value) > SHOWN_CHARS:
         value = f"{value[:SHOWN_CHARS]}...[{len(value)} characters in all]"

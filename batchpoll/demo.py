@@ -17,7 +17,7 @@ import anyio
 
 from . import progress
 from .client import ApiClient
-from .config import Secret, Settings
+from .config import Secret, Settings, shown
 from .engine import Engine
 from .errors import InputFileError
 from .logs import configure, get_logger
@@ -49,12 +49,19 @@ def _write_ids(path: Path, n: int) -> None:
     try:
         replace_file(str(path), [data])
     except OSError as exc:
-        raise InputFileError(f"cannot write {path}: {exc.strerror or exc}") from None
+        raise InputFileError(f"cannot write {shown(str(path))}: {exc.strerror or exc}") from None
 
 
 def run_demo(*, ids: int, seed: int, directory: Path) -> int:
     """Poll *ids* simulated ids end to end; 0 when every distinct id got exactly one record."""
-    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        # A file in the way, a path through a file, a name too long, no permission.
+        why = "is not a directory" if isinstance(exc, FileExistsError) else exc.strerror or exc
+        raise InputFileError(
+            f"--dir {shown(str(directory))}: cannot make the directory: {why}"
+        ) from None
     ids_path, out_path = directory / "ids.txt", directory / "results.jsonl"
     _write_ids(ids_path, ids)
     lock = OutputLock(str(out_path), "demo output")

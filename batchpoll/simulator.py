@@ -79,6 +79,8 @@ import anyio
 import orjson
 from aiohttp import web
 
+from .config import shown
+
 SDK_PATH: Final = "/test_framework/v1/scenarios-external/scenario-agent-progress"
 #: Where the server reports its own counts (not part of the Cekura API).
 STATS_PATH: Final = "/__simulator/stats"
@@ -702,9 +704,15 @@ def settings_from_args(args: argparse.Namespace) -> SimSettings:
         try:
             key = Path(args.api_key_file).read_text().strip()
         except OSError as exc:
-            raise ValueError(f"cannot read {args.api_key_file}: {exc.strerror}") from None
+            name = shown(args.api_key_file)
+            raise ValueError(f"--api-key-file {name}: cannot read: {exc.strerror}") from None
     # --no-retry-after wins, as it always has; "none" is the form for "no header".
     forms = ("none",) if args.no_retry_after else tuple(args.retry_after.split(","))
+    if bad := [form for form in forms if not _RETRY_FORM.fullmatch(form)]:
+        # Checked here too, to name the bad forms as shown: a long list is only counted.
+        raise ValueError(
+            f"--retry-after: forms are delta-seconds, 'date' or 'none'; not {shown(bad)}"
+        )
     return SimSettings(
         seed=args.seed,
         api_key=key,

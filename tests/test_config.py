@@ -821,17 +821,17 @@ def test_shard_precedence(
         (
             {"JOB_COMPLETION_INDEX": "3", "BATCHPOLL_SHARDS": "3"},
             "",
-            rf"^shard=.3/3. \(from {K8S}\): JOB_COMPLETION_INDEX=3 must be below BATCHPOLL_SHARDS",
+            rf"^shard=.3/3. \(from {K8S}\): JOB_COMPLETION_INDEX must be below BATCHPOLL_SHARDS=3",
         ),
         (
             {"BATCHPOLL_SHARDS": "3"},
             "",
-            r"BATCHPOLL_SHARDS='3' is set but JOB_COMPLETION_INDEX is not",
+            r"^shard='/3' .*: BATCHPOLL_SHARDS is set but JOB_COMPLETION_INDEX is not",
         ),
         (
             {"JOB_COMPLETION_INDEX": "1", "BATCHPOLL_SHARDS": "zero"},
             "",
-            r"BATCHPOLL_SHARDS='zero' must be a whole number >= 1",
+            r"^shard='1/zero' .*: BATCHPOLL_SHARDS must be a whole number from 1 to 100000",
         ),
     ],
     ids=[
@@ -1084,3 +1084,42 @@ def test_a_key_too_short_to_mask_safely_is_refused(key: str) -> None:
     with pytest.raises(ConfigError, match="at least 8") as caught:
         load_settings({}, {"CEKURA_API_KEY": key}, None, None)
     assert str(caught.value).startswith("api_key=Secret('***')")
+
+
+SECRET_KEY = "sk_live_SECRETKEY123456"
+UUID_KEY = "3f2a9c1e-5b7d-4e8f-9a0b-1c2d3e4f5a6b"
+
+
+@pytest.mark.parametrize(
+    ("flags", "env", "toml"),
+    [
+        ({"fail_on": SECRET_KEY}, {}, None),
+        ({"fail_on": f"failed,{UUID_KEY}"}, {}, None),
+        ({}, {}, f'fail_on = ["{SECRET_KEY}"]'),
+        ({}, {"BATCHPOLL_RETRY_STATUSES": "x" * 5000}, None),
+        ({}, {"BATCHPOLL_SHARDS": SECRET_KEY}, None),
+        ({}, {"JOB_COMPLETION_INDEX": SECRET_KEY, "BATCHPOLL_SHARDS": "2"}, None),
+        ({}, {"JOB_COMPLETION_INDEX": "0", "BATCHPOLL_SHARDS": "9" * 5000}, None),
+    ],
+    ids=["fail-on-key", "fail-on-uuid", "toml-fail-on-key", "long-status", "shards-key",
+         "index-key", "shards-5000-digits"],
+)  # fmt: skip
+def test_problem_text_never_echoes_a_key_or_a_long_value(
+    tmp_path: Path, flags: dict[str, object], env: dict[str, str], toml: str | None
+) -> None:
+    """A key or 5,000 characters in a status list or shard variable is masked in the problem too."""
+    with pytest.raises(ConfigError) as caught:
+        load(tmp_path, flags=flags, env=env, toml=toml)
+    message = str(caught.value)
+    for secret in (SECRET_KEY, UUID_KEY, "x" * 101, "9" * 101):
+        assert secret.lower() not in message.lower()
+    assert len(message) < 600
+
+
+def test_many_unknown_statuses_are_counted_past_five(tmp_path: Path) -> None:
+    """3,000 unknown statuses name the first five and count the rest."""
+    statuses = ",".join(f"s{i}" for i in range(3000))
+    with pytest.raises(
+        ConfigError, match=r"unknown status s0, s1, s10, s100, s1000, and 2995 more"
+    ):
+        load(tmp_path, flags={"fail_on": statuses})

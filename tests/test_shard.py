@@ -10,7 +10,7 @@ from helpers import items_of
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from batchpoll.shard import Shard, owned, parse_shard, shard_from_env, shard_of
+from batchpoll.shard import MAX_SHARDS, Shard, owned, parse_shard, shard_from_env, shard_of
 from batchpoll.source import InvalidInput, Item
 
 pytestmark = pytest.mark.anyio
@@ -73,7 +73,14 @@ def test_shards_split_ids_roughly_evenly() -> None:
 
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [("0/1", (0, 1)), ("2/3", (2, 3)), (" 1 / 4 ", (1, 4)), ("07/10", (7, 10))],
+    [
+        ("0/1", (0, 1)),
+        ("2/3", (2, 3)),
+        (" 1 / 4 ", (1, 4)),
+        ("07/10", (7, 10)),
+        ("99999/100000", (99_999, 100_000)),
+        ("0" * 5000 + "1/" + "0" * 5000 + "2", (1, 2)),
+    ],
 )
 def test_parse_shard_reads_k_slash_n(text: str, expected: tuple[int, int]) -> None:
     """K/N parses, with spaces and leading zeros allowed, and prints back as K/N."""
@@ -103,12 +110,53 @@ def test_parse_shard_rejects_with_a_clear_message(text: str, message: str) -> No
         parse_shard(text)
 
 
+BIG = "9" * 5000  # int() refuses 4,300 digits and more with a message of its own
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["1/100001", "1/99999999999999999999999999999", f"0/{BIG}", f"{BIG}/{BIG}"],
+    ids=["just-over", "thirty-digits", "5000-digits", "both-5000-digits"],
+)
+def test_parse_shard_refuses_more_than_max_shards(text: str) -> None:
+    """N above 100,000 is refused, however many digits, without quoting the number."""
+    with pytest.raises(ValueError, match=f"N must be at most {MAX_SHARDS} shards") as caught:
+        parse_shard(text)
+    assert "99999" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"BATCHPOLL_SHARD": f"1/{BIG}"},
+        {"JOB_COMPLETION_INDEX": "0", "BATCHPOLL_SHARDS": BIG},
+        {"JOB_COMPLETION_INDEX": "0", "BATCHPOLL_SHARDS": "100001"},
+        {"JOB_COMPLETION_INDEX": BIG, "BATCHPOLL_SHARDS": "4"},
+        {"JOB_COMPLETION_INDEX": "sk_live_SECRETKEY123456", "BATCHPOLL_SHARDS": "4"},
+        {"JOB_COMPLETION_INDEX": "0", "BATCHPOLL_SHARDS": "sk_live_SECRETKEY123456"},
+        {"BATCHPOLL_SHARDS": "sk_live_SECRETKEY123456"},
+    ],
+    ids=["shard-huge-n", "count-huge", "count-over", "index-huge", "index-key", "count-key",
+         "count-alone-key"],
+)  # fmt: skip
+def test_shard_from_env_names_variables_never_their_values(env: Mapping[str, str]) -> None:
+    """A bad shard variable (a key, 5,000 digits, N over the bound) is named, never quoted."""
+    with pytest.raises(ValueError, match=r"BATCHPOLL_SHARD|JOB_COMPLETION_INDEX") as caught:
+        shard_from_env(env)
+    message = str(caught.value)
+    assert "SECRETKEY" not in message
+    assert "99999" not in message
+    assert len(message) < 200
+
+
 def test_shard_checks_its_fields() -> None:
     """A Shard made directly is checked too, and is frozen."""
     with pytest.raises(ValueError, match="0 to N-1=2"):
         Shard(index=3, count=3)
     with pytest.raises(ValueError, match="count must be >= 1"):
         Shard(index=0, count=0)
+    with pytest.raises(ValueError, match="at most 100000"):
+        Shard(index=0, count=MAX_SHARDS + 1)
     with pytest.raises(TypeError, match="integer"):
         Shard(index=True, count=2)
     with pytest.raises(dataclasses.FrozenInstanceError):
@@ -138,11 +186,11 @@ def test_shard_from_env(env: Mapping[str, str], expected: Shard | None) -> None:
 @pytest.mark.parametrize(
     ("env", "message"),
     [
-        ({"BATCHPOLL_SHARD": "4/4"}, r"^BATCHPOLL_SHARD='4/4': .*numbered 0 to 3"),
+        ({"BATCHPOLL_SHARD": "4/4"}, r"^BATCHPOLL_SHARD: .*numbered 0 to 3"),
         ({"BATCHPOLL_SHARDS": "4"}, "is set but JOB_COMPLETION_INDEX is not"),
         ({"JOB_COMPLETION_INDEX": "4", "BATCHPOLL_SHARDS": "4"}, "must be below BATCHPOLL_SHARDS"),
         ({"JOB_COMPLETION_INDEX": "-1", "BATCHPOLL_SHARDS": "4"}, "whole number >= 0"),
-        ({"JOB_COMPLETION_INDEX": "0", "BATCHPOLL_SHARDS": "0"}, "whole number >= 1"),
+        ({"JOB_COMPLETION_INDEX": "0", "BATCHPOLL_SHARDS": "0"}, "whole number from 1 to 100000"),
     ],
     ids=["k-too-big", "count-alone", "index-too-big", "negative-index", "zero-count"],
 )
