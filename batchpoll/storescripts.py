@@ -73,6 +73,21 @@ local function stored_time(key)
   end
   return tonumber(raw), nil
 end
+-- Every key of the budget, each checked: the stored tat and pause, and the rate last declared.
+local function stored_all(keys)
+  local tat, bad = stored_time(keys[1])
+  if bad then return nil, nil, nil, bad end
+  local pause, bad_pause = stored_time(keys[2])
+  if bad_pause then return nil, nil, nil, bad_pause end
+  local other, bad_rate = read(keys[3])
+  if bad_rate then return nil, nil, nil, bad_rate end
+  return tat, pause, other, nil
+end
+-- A pause deadline at most `longest` from now, and how far a later one was brought back.
+local function bounded(pause, longest)
+  if pause > now + longest then return now + longest, pause - now - longest end
+  return pause, 0
+end
 """
 
 # KEYS: tat, pause, rate. ARGV: interval (us per request), tolerance ((burst - 1) intervals,
@@ -86,18 +101,9 @@ RESERVE: Final = (
     + """
 local interval, tolerance = tonumber(ARGV[1]), tonumber(ARGV[2])
 local ahead, longest = tonumber(ARGV[5]), tonumber(ARGV[6])
-local stored_tat, bad = stored_time(KEYS[1])
+local stored_tat, stored_pause, other, bad = stored_all(KEYS)
 if bad then return bad end
-local stored_pause, bad_pause = stored_time(KEYS[2])
-if bad_pause then return bad_pause end
-local other, bad_rate = read(KEYS[3])
-if bad_rate then return bad_rate end
-local cut = 0
-local pause = math.max(stored_pause, tonumber(ARGV[4]))
-if pause > now + longest then
-  cut = pause - now - longest
-  pause = now + longest
-end
+local pause, cut = bounded(math.max(stored_pause, tonumber(ARGV[4])), longest)
 if pause > now and pause ~= stored_pause then put(KEYS[2], pause) end
 -- A pause moves "now" to its deadline: grants booked during it are spaced out from there,
 -- instead of all falling due at the deadline together.
@@ -126,19 +132,12 @@ PAUSE: Final = (
     _PRELUDE
     + """
 local asked, longest = tonumber(ARGV[1]), tonumber(ARGV[3])
-local _, bad = stored_time(KEYS[1])  -- unused here: read so a bad tat shows at start
+-- The tat is unused here, read so that a bad one shows at start.
+local _, stored_pause, other, bad = stored_all(KEYS)
 if bad then return bad end
-local stored_pause, bad_pause = stored_time(KEYS[2])
-if bad_pause then return bad_pause end
-local other, bad_rate = read(KEYS[3])
-if bad_rate then return bad_rate end
-local cut = 0
-local pause = math.max(stored_pause, tonumber(ARGV[2]))
-if asked > 0 then pause = math.max(pause, now + asked) end
-if pause > now + longest then
-  cut = pause - now - longest
-  pause = now + longest
-end
+local latest = math.max(stored_pause, tonumber(ARGV[2]))
+if asked > 0 then latest = math.max(latest, now + asked) end
+local pause, cut = bounded(latest, longest)
 if pause > now and pause ~= stored_pause then put(KEYS[2], pause) end
 redis.call('SET', KEYS[3], ARGV[4], 'PX', ttl_of(pause))
 return {pause, now, cut, other}
