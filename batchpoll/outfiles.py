@@ -72,10 +72,14 @@ def check_run_files(files: RunFiles) -> None:
     named: list[tuple[str, str, FileId | None]] = [
         ("the input", files.input, _stdio_id(files.input, 0)),
         ("OUTPUT", files.output, _stdio_id(files.output, 1)),
-        # Logs go to stderr: redirected into OUTPUT or the input (2>> ids.txt), a run would
-        # mix them into its records, or read its own log lines back as ids for ever.
-        ("standard error", STDIO, _stdio_id(STDIO, 2)),
     ]
+    # Logs go to stderr: redirected into OUTPUT or the input (2>> ids.txt), a run would mix
+    # them into its records, or read its own log lines back as ids for ever. Records on
+    # stdout and logs on stderr sent to one file (> all.txt 2>&1) are the user's one stream,
+    # as on a terminal, and allowed.
+    errors = _stdio_id(STDIO, 2)
+    if not (files.output == STDIO and errors is not None and errors == named[1][2]):
+        named.append(("standard error", STDIO, errors))
     for part, path in (("--summary", files.summary), ("--junit", files.junit)):
         if path is not None:
             named.append((part, path, file_id(path)))

@@ -512,3 +512,17 @@ async def test_sigterm_during_a_long_rewrite_leaves_output_whole_and_no_temporar
         code, _, err = await batchpoll([*run(sim, ids, "-o", str(out), "--resume")], tmp_path)
     assert code in (0, 1), err
     assert leftovers(tmp_path) == []
+
+
+async def test_records_and_logs_sent_to_one_file_by_the_user_are_allowed(tmp_path: Path) -> None:
+    """`> all.txt 2>&1` with records on stdout: one stream by choice, as on a terminal."""
+    ids = write_ids(tmp_path, ids_ending("completed", 2))
+    both = tmp_path / "all.txt"
+    async with running_simulator(SIM) as sim:
+        cmd = [sys.executable, "-m", "batchpoll", *run(sim, ids, "--log-format", "json")]
+        with both.open("wb") as stream:
+            proc = await anyio.run_process(
+                cmd, stdout=stream, stderr=stream, env=_child_env(tmp_path), check=False
+            )
+    assert proc.returncode == 0
+    assert sum(b'"status":"completed"' in line for line in both.read_bytes().splitlines()) == 2
