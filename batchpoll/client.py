@@ -13,7 +13,7 @@ import asyncio
 import sys
 import time
 from types import TracebackType
-from typing import Any, Final, Self
+from typing import Final, Self
 from urllib.parse import quote
 
 import aiohttp
@@ -25,7 +25,7 @@ from .body import MAX_BODY, MAX_REASON, MAX_TEXT, MAX_WORD, as_text, clip, read_
 from .config import Settings
 from .errors import AuthRefused
 from .records import Answer, Broken, NotFound, Outcome, Rejected, Throttled, Transient
-from .redact import mask_text, mask_value
+from .redact import mask_text
 
 #: How often overdue requests are looked for, as a share of the request timeout (and at most
 #: once a second): a request is abandoned between 1 and 1 + 1/8 timeouts after it started.
@@ -78,17 +78,6 @@ def _masked(text: str, secret: str | None) -> str:
     return text if secret is None else mask_text(text, secret)
 
 
-def _masked_json(data: Any, body: bytes, secret: str | None) -> Any:
-    """*data*, parsed from *body*, with *secret* masked in its strings, if it may hold it.
-
-    The key shows in the raw body as itself or, JSON-escaped, only where a backslash is: a
-    body with neither (most answers) is not walked.
-    """
-    if secret is None or (secret.encode() not in body and b"\\" not in body):
-        return data
-    return mask_value(data, secret)
-
-
 def parse_progress(body: bytes, secret: str | None = None) -> Outcome:
     """A 200 body as an ``Answer``; anything but the documented object is a transient failure.
 
@@ -101,7 +90,6 @@ def parse_progress(body: bytes, secret: str | None = None) -> Outcome:
         return Transient(reason="unreadable body: not JSON")
     if not isinstance(data, dict):
         return Transient(reason="unreadable body: JSON is not an object")
-    data = _masked_json(data, body, secret)
     status = data.get("status")
     session_id = data.get("session_id")
     mode = data.get("mode")
@@ -113,15 +101,16 @@ def parse_progress(body: bytes, secret: str | None = None) -> Outcome:
     if result is not None and (problem := unwritable(result)) is not None:
         return Broken(reason=f"unreadable body: result cannot be written as JSON: {problem}")
     # Strings orjson.loads returns are valid UTF-8, so only their length needs a check; inline
-    # tests, not a call per field, as this runs on every poll.
+    # tests, not a call per field, as this runs on every poll. What is cut has the key masked
+    # first, so no cut leaves a piece of it; whole occurrences are the sink's to mask.
     if len(status) > MAX_WORD:
-        status = clip(status, MAX_WORD)
+        status = clip(_masked(status, secret), MAX_WORD)
     if not isinstance(mode, str):
         mode = None
     elif len(mode) > MAX_WORD:
-        mode = clip(mode, MAX_WORD)
+        mode = clip(_masked(mode, secret), MAX_WORD)
     if error is not None and (type(error) is not str or len(error) > MAX_TEXT):
-        error = clip(as_text(error))
+        error = clip(_masked(as_text(error), secret))
     # type(), not isinstance(): bool is an int subclass.
     if session_id is not None and (
         type(session_id) is not int or not _INT64_MIN <= session_id <= _INT64_MAX
@@ -144,9 +133,8 @@ def field_messages(body: bytes, secret: str | None = None) -> str:
     except orjson.JSONDecodeError:
         text = _masked(body[: 500 + 4 * len(secret or "")].decode("utf-8", "replace"), secret)
         return clip(text[:500]) or "HTTP 400"
-    data = _masked_json(data, body, secret)
     if not isinstance(data, dict):
-        return clip(as_text(data)[:500])
+        return clip(_masked(as_text(data), secret)[:500])
     parts = []
     for field, messages in data.items():
         if isinstance(messages, list):
@@ -154,7 +142,7 @@ def field_messages(body: bytes, secret: str | None = None) -> str:
         else:
             text = as_text(messages)
         parts.append(f"{field}: {text}")
-    return clip(" | ".join(parts)) or "HTTP 400"
+    return clip(_masked(" | ".join(parts), secret)) or "HTTP 400"
 
 
 def _failure(exc: BaseException, secret: str | None) -> str:
