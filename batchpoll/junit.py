@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import io
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final
 from xml.etree import ElementTree as ET
 
@@ -52,8 +52,10 @@ def write_junit(
     fail_on: frozenset[str],
     *,
     suite: str = "batchpoll",
+    keep_open: Callable[[int], None] | None = None,
 ) -> None:
-    """Write *records* to *path* as JUnit XML, atomically (a temporary file renamed over it).
+    """Write *records* to *path* as JUnit XML, atomically (a temporary file renamed over it;
+    *keep_open* as in ``outfiles.replace_file``).
 
     Test case times are the records' ``elapsed_s`` (0 when never polled); the suite's time is
     their sum. Items that are not records (no string ``progress_id`` and ``status``) are left
@@ -95,15 +97,17 @@ def write_junit(
     root = ET.Element("testsuites", counts)
     root.append(testsuite)
     ET.indent(root)
-    _write_atomically(path, ET.ElementTree(root))
+    _write_atomically(path, ET.ElementTree(root), keep_open)
 
 
-def _write_atomically(path: str, tree: ET.ElementTree[ET.Element]) -> None:
+def _write_atomically(
+    path: str, tree: ET.ElementTree[ET.Element], keep_open: Callable[[int], None] | None
+) -> None:
     buffer = io.BytesIO()
     tree.write(buffer, encoding="utf-8", xml_declaration=True)
     buffer.write(b"\n")
     try:
-        replace_file(path, [buffer.getvalue()])
+        replace_file(path, [buffer.getvalue()], keep_open=keep_open)
     except OSError as exc:
         raise InputFileError(f"cannot write JUnit report {path}: {exc.strerror or exc}") from None
 

@@ -297,7 +297,7 @@ class OutputLock:
     locked before it takes the old one's place.
     """
 
-    __slots__ = ("_fd", "part", "path")
+    __slots__ = ("_fd", "_retired", "created", "part", "path")
 
     def __init__(
         self,
@@ -318,9 +318,19 @@ class OutputLock:
         """
         self.path = path
         self.part = part
+        self._fd = -1
+        self._retired: list[int] = []  # replaced files' descriptors, still locked (adopt)
         flags = os.O_RDONLY if directory else os.O_RDWR | os.O_CREAT | os.O_APPEND
+        self.created = False
         try:
-            fd = os.dup(fd) if fd is not None else os.open(path, flags | os.O_CLOEXEC, 0o644)
+            if fd is not None:
+                fd = os.dup(fd)
+            else:
+                try:  # first as a new file, to know whether a refusal should remove it again
+                    fd = os.open(path, flags | os.O_EXCL | os.O_CLOEXEC, 0o644)
+                    self.created = not directory
+                except (FileExistsError, IsADirectoryError):
+                    fd = os.open(path, flags | os.O_CLOEXEC, 0o644)
         except OSError as exc:
             raise InputFileError(f"cannot open {part} {path}: {exc.strerror or exc}") from None
         try:
@@ -358,11 +368,26 @@ class OutputLock:
         """
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_APPEND)
-        old, self._fd = self._fd, fd
-        os.close(old)
+        # The old file stays locked too, until close: let go before the rename, it could be
+        # taken by another run in that moment and written to after it is gone.
+        self._retired.append(self._fd)
+        self._fd = fd
+
+    def discard(self) -> None:
+        """Let the file go, removing it if this lock created it and it is still empty: a run
+        refused at start leaves no file behind that was not there before."""
+        try:
+            if self.created and self._fd >= 0 and os.fstat(self._fd).st_size == 0:
+                os.unlink(self.path)
+        except OSError:
+            pass
+        self.close()
 
     def close(self) -> None:
         """Let the file go (closing the descriptor drops the lock)."""
+        for fd in self._retired:
+            os.close(fd)
+        self._retired.clear()
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1

@@ -81,7 +81,7 @@ def prepare_output(
         if not resume:
             os.ftruncate(lock.fd, 0)
             return Prior()
-        if scan.dropped:
+        if scan.dropped or scan.rewrite:
             replace_file(path, encoded(path, _kept(path, retry_statuses)), keep_open=lock.adopt)
         elif scan.torn:
             os.ftruncate(lock.fd, size - scan.torn)
@@ -101,6 +101,7 @@ class Scan:
     statuses: dict[str, int] = field(default_factory=dict)
     dropped: int = 0  # records a resume would drop: a retry status, or an id's second record
     torn: int = 0  # bytes at the end that hold no whole line (or gzip member)
+    rewrite: bool = False  # the torn part is inside a whole gzip member: cut by rewriting
 
 
 def scan_output(
@@ -133,12 +134,13 @@ def scan_output(
             continue
         scan.done.add(key)
         scan.statuses[status] = scan.statuses.get(status, 0) + 1
-    if tail.torn and not tail.ours:
+    if (tail.torn or tail.unterminated) and not tail.ours:
         raise InputFileError(
             f"{part} {path}: its last {tail.torn} bytes are not the start of a batchpoll "
             "record; batchpoll changes only files it wrote, so it leaves this one as it is"
         )
-    scan.torn = tail.torn
+    scan.torn = tail.torn + tail.unterminated
+    scan.rewrite = bool(tail.unterminated)
     return scan
 
 
@@ -238,6 +240,7 @@ class Tail:
 
     torn: int = 0  # bytes of the file after the last whole line or gzip member
     ours: bool = True  # whether those bytes can be the start of a batchpoll write
+    unterminated: int = 0  # .gz: text after the last line, inside the last whole member
 
 
 def read_lines(path: str, tail: Tail | None = None) -> Iterator[bytes]:
@@ -278,8 +281,10 @@ def read_lines(path: str, tail: Tail | None = None) -> Iterator[bytes]:
         raise InputFileError(f"cannot read output {path}: {exc.strerror or exc}") from None
     partial = b"".join(parts)
     if is_gzip(path):
-        # Each member holds whole lines, so text left over from whole members is not ours.
-        tail.ours = tail.ours and not partial
+        # batchpoll ends every member with a whole line; text after the last one inside a whole
+        # member (a torn plain file gzipped) can only be cut by rewriting, if it is ours.
+        tail.unterminated = len(partial)
+        tail.ours = tail.ours and could_be_torn(partial)
     else:
         tail.torn = len(partial)
         tail.ours = could_be_torn(partial)

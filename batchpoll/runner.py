@@ -121,6 +121,8 @@ def _run_settings(settings: Settings, input_path: str, *, overwrite: bool) -> in
     source = _open_input(input_path)
     lock: OutputLock | None = None
     split: SplitSink | None = None
+    reports: dict[str, OutputLock] = {}
+    started = False
     try:
         # Every lock before anything is changed: a run refused for a lock leaves all as it was.
         if settings.output != STDOUT:
@@ -129,6 +131,11 @@ def _run_settings(settings: Settings, input_path: str, *, overwrite: bool) -> in
             lock = OutputLock("(standard output)", "output", fd=1)  # `>> out.jsonl`: one writer
         if settings.split_by_status is not None:
             split = SplitSink(settings.split_by_status, secret=secret)
+        # The reports are this run's from now on too: no other run may take them as OUTPUT
+        # (nor this one theirs) while it goes on, only to be replaced at the end.
+        for part, path in (("--summary", settings.summary), ("--junit", settings.junit)):
+            if path is not None:
+                reports[part] = OutputLock(path, part)
         prior = Prior()
         if lock is not None and settings.output != STDOUT:
             prior = prepare_output(
@@ -142,13 +149,18 @@ def _run_settings(settings: Settings, input_path: str, *, overwrite: bool) -> in
             # Rebuilt from OUTPUT as repaired, so that they too hold one record per id.
             resumed = settings.resume and settings.output != STDOUT
             split.reset(read_lines(settings.output) if resumed else ())
-        return _run_and_report(settings, source, lock, split, prior, secret, log)
+        started = True
+        return _run_and_report(settings, source, lock, split, reports, prior, secret, log)
     finally:
         source.close()
         if split is not None:
             split.close()
-        if lock is not None:
-            lock.close()
+        # Refused before it began: the files its locks created, still empty, go again.
+        for held in [*reports.values(), *([lock] if lock is not None else [])]:
+            if started:
+                held.close()
+            else:
+                held.discard()
 
 
 def _regular_file(fd: int) -> bool:
@@ -185,6 +197,7 @@ def _run_and_report(
     source: BinaryIO,
     lock: OutputLock | None,
     split: SplitSink | None,
+    reports: dict[str, OutputLock],
     prior: Prior,
     secret: str | None,
     log: FilteringBoundLogger,
@@ -239,9 +252,9 @@ def _run_and_report(
     log.info("run_finished", **summary)
     try:
         if settings.summary:
-            _write_summary(settings.summary, summary)
+            _write_summary(settings.summary, summary, reports["--summary"])
         if settings.junit:
-            _write_junit(settings, secret)
+            _write_junit(settings, secret, reports["--junit"])
     except InputFileError:
         if failure is None:
             raise
@@ -300,13 +313,13 @@ def loop_options() -> dict[str, bool]:
     return {"use_uvloop": True}
 
 
-def _write_junit(settings: Settings, secret: str | None) -> None:
+def _write_junit(settings: Settings, secret: str | None, lock: OutputLock) -> None:
     from .junit import write_junit
 
     records = read_records(settings.output)
     if secret is not None:
         records = (mask_value(record, secret) for record in records)
-    write_junit(settings.junit or "", records, settings.fail_on)
+    write_junit(settings.junit or "", records, settings.fail_on, keep_open=lock.adopt)
 
 
 async def _run_engine(
@@ -419,9 +432,10 @@ async def _skip_done(items: AsyncIterator[Item], done: set[str]) -> AsyncIterato
             yield item
 
 
-def _write_summary(path: str, summary: dict[str, Any]) -> None:
+def _write_summary(path: str, summary: dict[str, Any], lock: OutputLock) -> None:
     try:
-        replace_file(path, [orjson.dumps(summary, option=orjson.OPT_INDENT_2) + b"\n"])
+        data = orjson.dumps(summary, option=orjson.OPT_INDENT_2) + b"\n"
+        replace_file(path, [data], keep_open=lock.adopt)
     except OSError as exc:
         raise InputFileError(f"cannot write summary {path}: {exc.strerror or exc}") from None
 

@@ -526,3 +526,32 @@ async def test_records_and_logs_sent_to_one_file_by_the_user_are_allowed(tmp_pat
             )
     assert proc.returncode == 0
     assert sum(b'"status":"completed"' in line for line in both.read_bytes().splitlines()) == 2
+
+
+async def test_reports_are_one_runs_too_and_a_refused_run_leaves_no_new_file(
+    tmp_path: Path,
+) -> None:
+    """A running run's --summary is no other run's OUTPUT, and its OUTPUT no other run's
+    --summary or --junit; a run refused for it creates no OUTPUT of its own."""
+    slow = SimSettings(seed=11, api_key=KEY, min_polls=50, max_polls=60, latency=0.05)
+    ids = write_ids(tmp_path, [f"cli-{i}" for i in range(3)])
+    summary, out = tmp_path / "S.json", tmp_path / "A.jsonl"
+    async with running_simulator(slow) as sim:
+        first = [sys.executable, "-m", "batchpoll", *run(sim, ids, "-o", str(out))]
+        first += ["--summary", str(summary)]
+        async with await anyio.open_process(first, env=_child_env(tmp_path)) as proc:
+            with anyio.fail_after(20):
+                await sim.wait_until(lambda st: st.requests >= 1)
+            code, _, err = await batchpoll([*run(sim, ids, "-o", str(summary))], tmp_path)
+            assert code == 2, err
+            assert f"process {proc.pid}".encode() in err
+            fresh = tmp_path / "fresh.jsonl"
+            for flag in ("--summary", "--junit"):
+                args = [*run(sim, ids, "-o", str(fresh)), flag, str(out)]
+                code, _, err = await batchpoll(args, tmp_path)
+                assert code == 2, err
+                assert f"process {proc.pid}".encode() in err
+                assert not fresh.exists()
+            proc.send_signal(signal.SIGTERM)
+            await proc.wait()
+    assert json.loads(summary.read_bytes())["exit_code"] == 143

@@ -313,3 +313,20 @@ async def test_a_big_gzip_batch_is_written_in_bounded_members(tmp_path: Path) ->
     assert members >= 2
     assert gzip.decompress(path.read_bytes()).count(b"\n") == 12
     assert prepare(path, resume=True).done == {f"r{i}" for i in range(12)}
+
+
+def test_a_gzip_member_ending_in_a_torn_line_is_cut_by_a_rewrite(tmp_path: Path) -> None:
+    """A torn plain OUTPUT gzipped whole: its unterminated last line, if the start of a record,
+    is cut (the file rewritten); anything else there is refused, the file untouched."""
+    import gzip
+
+    path = tmp_path / "out.jsonl.gz"
+    path.write_bytes(gzip.compress(rec("a") + rec("b")) + gzip.compress(b'{"progress_id":"c'))
+    prior = prepare(path, resume=True)
+    assert prior.done == {"a", "b"}
+    assert gzip.decompress(path.read_bytes()) == rec("a") + rec("b")
+    foreign = gzip.compress(rec("a") + b"hello")
+    path.write_bytes(foreign)
+    with pytest.raises(InputFileError, match="not the start of a batchpoll record"):
+        prepare(path, resume=True)
+    assert path.read_bytes() == foreign
