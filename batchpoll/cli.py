@@ -26,9 +26,7 @@ from .config import (
     load_settings,
     shown,
 )
-from .errors import BatchpollError, InputFileError, UsageError, find_error
-
-SIGPIPE_EXIT = 141
+from .errors import SIGPIPE_EXIT, BatchpollError, InputFileError, UsageError, find_error
 
 #: Which of the standard descriptors (0, 1, 2) were closed when ``main`` started; each now
 #: holds os.devnull. Set once per ``main``, read by ``run`` to refuse ``-`` on a closed one.
@@ -413,7 +411,10 @@ def _cmd_config(args: argparse.Namespace) -> int:
         if name in ("api_key", "api_key_source"):
             continue
         source = settings.sources.get(name, "default")
+        # Values are what the user typed, so they get the error messages' net: the key
+        # masked (a key typed as -o or --rate-key), long runs cut.
         shown = "none" if value is None else orjson.dumps(value).decode()
+        shown = safe_message(shown, _known_keys())
         print(f"{name:<{width}} = {shown:<40} # {source}")
     key = "*** (" + settings.api_key_source + ")" if settings.api_key else "none found"
     print(f"{'api_key':<{width}} = {key}")

@@ -44,6 +44,8 @@ from .stats import Rate, RunStats, cause_of, facts
 
 #: How many read ids may wait between the reader and the scheduler.
 READ_AHEAD: Final = 1024
+#: After --deadline, how long ids still coming from the input are read (and timed out).
+READ_AFTER_DEADLINE_S: Final = 3.0
 #: How many distinct unknown statuses are logged (each once); past that, no more.
 MAX_UNKNOWN_STATUSES: Final = 100
 #: Seconds between two heartbeat log events.
@@ -164,6 +166,9 @@ class Engine:
                                 tg.cancel_scope.cancel()
                             tg.start_soon(self._read, items, new_tx, rec_tx.clone())
                             await self._poll_until_done(new_rx, rec_tx)
+                            # Done: a reader still waiting on its input (after a deadline in
+                            # follow mode) has nothing left to give this run.
+                            tg.cancel_scope.cancel()
                     except* Exception as group:
                         # Keep it until the sink has written every record that did finish.
                         fatal = group
@@ -446,8 +451,12 @@ class Engine:
         self.stats.in_flight = 0
         for slot in left:
             await self._emit(rec_tx, finish(slot, "timed_out", self._policy))
-        async for _, pid in new_rx:
-            await self._emit(rec_tx, finish(Slot(pid), "timed_out", self._policy))
+        # Ids still to be read are timed out too, as far as the input gives them in a bounded
+        # time: a producer that keeps its pipe open (follow mode) must not hold the run past
+        # its deadline. Ids it sends later get no record, and --resume finishes them.
+        with anyio.move_on_after(READ_AFTER_DEADLINE_S):
+            async for _, pid in new_rx:
+                await self._emit(rec_tx, finish(Slot(pid), "timed_out", self._policy))
 
     @staticmethod
     async def _emit(rec_tx: _Records, record: Record) -> None:

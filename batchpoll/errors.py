@@ -19,6 +19,10 @@ from typing import ClassVar, TypeVar
 
 _E = TypeVar("_E", bound=BaseException)
 
+#: The exit code when standard output's reader went away (``| head``), as a shell reports
+#: a SIGPIPE death: not an error of ours, said quietly.
+SIGPIPE_EXIT = 141
+
 
 def find_error(exc: BaseException, kind: type[_E]) -> _E | None:
     """The first *kind* in *exc*, looking inside exception groups (task groups raise those)."""

@@ -87,7 +87,13 @@ def check_run_files(files: RunFiles) -> None:
         for name in files.split_names:
             path = os.path.join(files.split_dir, name)
             named.append((f"--split-by-status file {name}", path, file_id(path)))
-    _refuse_doubles(named)
+    try:
+        _refuse_doubles(named)
+        _refuse_locked_stderr()
+    except InputFileError as exc:
+        if "standard error" in str(exc):
+            _silence_stderr()  # else the refusal itself would land in that file
+        raise
     if files.split_dir is not None:
         _refuse_inside(files.split_dir, named)
         _check_directory(files.split_dir, "--split-by-status")
@@ -113,6 +119,38 @@ def _refuse_doubles(named: list[tuple[str, str, FileId | None]]) -> None:
             seen[identity] = (part, path)
         if where is not None:
             spelt[where] = f"{part} {path}"
+
+
+def _refuse_locked_stderr() -> None:
+    """Refuse a stderr redirected into a file another run holds (its OUTPUT, say): the logs
+    would land among its records and its next --resume would refuse the file."""
+    try:
+        if not stat.S_ISREG(os.fstat(2).st_mode):
+            return
+        # A new open file description on the same file (Linux), so the test cannot disturb
+        # descriptor 2's own; elsewhere there is nothing to test with.
+        probe = os.open("/proc/self/fd/2", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        fcntl.flock(probe, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = _lock_holder(probe)
+        who = f"process {holder}" if holder is not None else "another process"
+        raise InputFileError(
+            f"standard error goes to a file {who} is writing: give the logs another place"
+        ) from None
+    except OSError:
+        return
+    finally:
+        os.close(probe)
+
+
+def _silence_stderr() -> None:
+    with contextlib.suppress(OSError):
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 2)
+        os.close(null)
 
 
 def _refuse_inside(directory: str, named: list[tuple[str, str, FileId | None]]) -> None:

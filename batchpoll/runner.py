@@ -23,7 +23,7 @@ from structlog.typing import FilteringBoundLogger
 
 from . import fdio
 from .config import Settings, describe, shown
-from .errors import BatchpollError, InputFileError, UsageError, find_error
+from .errors import SIGPIPE_EXIT, BatchpollError, InputFileError, UsageError, find_error
 from .limits import fit_open_files
 from .outfiles import OutputLock, RunFiles, check_replaceable, check_run_files, replace_file
 from .output_file import Prior, prepare_output, read_lines, read_records
@@ -106,6 +106,10 @@ def _run_settings(settings: Settings, input_path: str, *, overwrite: bool) -> in
 
     if settings.junit and settings.output == STDOUT:
         raise UsageError("--junit needs -o OUTPUT: the report is built from the records written")
+    if settings.resume and overwrite:
+        raise UsageError(
+            "--resume keeps what OUTPUT holds and --overwrite empties it: give one of them"
+        )
     if settings.output == STDOUT and (settings.resume or overwrite):
         # On stdout there is nothing to read back: the records would all be written again.
         flag = "--resume" if settings.resume else "--overwrite"
@@ -277,6 +281,8 @@ def _exit_code(stats: RunStats, settings: Settings, failure: BaseException | Non
         return 128 + stats.signal
     if failure is None:
         return exit_code(stats.by_status, settings.fail_on)
+    if find_error(failure, BrokenPipeError) is not None:
+        return SIGPIPE_EXIT  # the CLI's answer to a reader that went away
     if (error := find_error(failure, BatchpollError)) is not None:
         return error.exit_code
     if (stopped := find_error(failure, SignalExit)) is not None:

@@ -16,6 +16,7 @@ from typing import Final
 
 import orjson
 
+from .errors import InputFileError
 from .records import INVALID_KEY
 
 MAX_ID_CHARS: Final = 256
@@ -27,6 +28,7 @@ _WHITESPACE: Final = re.compile(r"\s")
 MAX_LINE_BYTES: Final = 1 << 20
 _MAX_TEXT_CHARS: Final = 300
 _BOM: Final = b"\xef\xbb\xbf"
+_UTF16_BOMS: Final = (b"\xff\xfe", b"\xfe\xff")
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +83,8 @@ def parse_line(raw: bytes, line_no: int, forbidden: str | None = None) -> Item |
     pid, reason = _json_id(text) if text.startswith("{") else (text, id_problem(text))
     if reason is None and forbidden and forbidden in pid:
         reason = "id contains the API key, so it is never sent"
+        # Shown as the id it names: a JSON line's escapes would hide the key from the mask.
+        text = pid
     return pid if reason is None else _invalid(text, reason, line_no, raw, forbidden)
 
 
@@ -145,7 +149,16 @@ class LineSplitter:
         self._overflow: hashlib._Hash | None = None  # what a too-long line had past the cut
 
     def feed(self, chunk: bytes) -> list[bytes]:
-        """The lines that ``chunk`` completes, without their LF, in input order."""
+        """The lines that ``chunk`` completes, without their LF, in input order.
+
+        Raises ``InputFileError`` for input that starts with a UTF-16 byte order mark (what
+        Windows PowerShell 5 writes with ``>``): read as UTF-8, every line would be invalid.
+        """
+        if self._first and not self._parts and chunk.startswith(_UTF16_BOMS):
+            raise InputFileError(
+                "the input is UTF-16 (it starts with a UTF-16 byte order mark) and batchpoll "
+                "reads UTF-8: convert it first, e.g. iconv -f UTF-16 -t UTF-8"
+            )
         *complete, rest = chunk.split(b"\n")
         lines = []
         for piece in complete:

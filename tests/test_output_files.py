@@ -445,11 +445,9 @@ async def test_stderr_redirected_into_output_or_input_is_refused(
             )
         assert sim.stats.requests == 0
     assert proc.returncode == 2
-    if target == "input":
-        assert ids.read_bytes().startswith(b"cli-1\ncli-2\n")  # + the one error line
-    else:
-        assert ids.read_bytes() == b"cli-1\ncli-2\n"
-    assert b"standard error" in (out if target == "output" else ids).read_bytes()
+    # Not even the refusal is written there: it would be read back, or refused, next time.
+    assert ids.read_bytes() == b"cli-1\ncli-2\n"
+    assert out.read_bytes() == b""
 
 
 async def test_an_id_holding_the_key_is_never_sent_and_resumes_once(tmp_path: Path) -> None:
@@ -555,3 +553,35 @@ async def test_reports_are_one_runs_too_and_a_refused_run_leaves_no_new_file(
             proc.send_signal(signal.SIGTERM)
             await proc.wait()
     assert json.loads(summary.read_bytes())["exit_code"] == 143
+
+
+async def test_stderr_into_a_running_runs_output_is_refused(tmp_path: Path) -> None:
+    """A second run whose stderr goes into a running run's OUTPUT (2>> its.jsonl) exits 2
+    and writes nothing there, so the first run's file stays all records."""
+    slow = SimSettings(seed=11, api_key=KEY, min_polls=50, max_polls=60, latency=0.05)
+    ids = write_ids(tmp_path, [f"cli-{i}" for i in range(3)])
+    theirs = tmp_path / "theirs.jsonl"
+    async with running_simulator(slow) as sim:
+        first = [sys.executable, "-m", "batchpoll", *run(sim, ids, "-o", str(theirs))]
+        async with await anyio.open_process(first, env=_child_env(tmp_path)) as proc:
+            with anyio.fail_after(20):
+                await sim.wait_until(lambda st: st.requests >= 1)
+            second = [sys.executable, "-m", "batchpoll", *run(sim, ids)]
+            second += ["-o", str(tmp_path / "mine.jsonl")]
+            with theirs.open("ab") as stderr:
+                done = await anyio.run_process(
+                    second, stderr=stderr, env=_child_env(tmp_path), check=False
+                )
+            assert done.returncode == 2
+            assert theirs.read_bytes() == b""
+            proc.send_signal(signal.SIGTERM)
+            await proc.wait()
+
+
+def test_resume_and_overwrite_together_are_refused(
+    tmp_path: Path, refused: Refusal, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--resume with --overwrite contradict each other: exit 2 rather than one winning."""
+    ids = write_ids(tmp_path, ["cli-1"])
+    err = refused(capsys, ids, "-o", str(tmp_path / "o.jsonl"), "--resume", "--overwrite")
+    assert "give one of them" in err

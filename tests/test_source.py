@@ -251,3 +251,21 @@ def test_whitespace_is_exactly_what_str_isspace_says() -> None:
         if (id_problem(f"a{chr(code)}b") == "id contains whitespace") != chr(code).isspace()
     ]
     assert wrong == []
+
+
+def test_utf16_input_is_refused_with_a_clear_error() -> None:
+    """A UTF-16 file (BOM first) is an InputFileError saying so, not a line of junk each."""
+    from batchpoll.errors import InputFileError
+
+    data = "id-1\nid-2\n".encode("utf-16")
+    with pytest.raises(InputFileError, match="UTF-16"):
+        list(iter_items([data]))
+
+
+def test_an_id_holding_the_key_escaped_in_json_is_shown_masked() -> None:
+    """A JSON line whose id holds the key through escapes is invalid and shown masked."""
+    key = "sk_live_SECRETKEY123456"
+    line = b'{"progress_id":"x-sk_live_SECRET\\u004bEY123456"}'
+    (item,) = iter_items([line + b"\n"], forbidden=key)
+    assert isinstance(item, InvalidInput)
+    assert item.text == "x-***"

@@ -111,6 +111,24 @@ async def test_ids_on_an_open_pipe_are_polled_as_their_lines_arrive(tmp_path: Pa
     assert sorted(r["progress_id"] for r in whole_records(out)) == ["follow-1", "follow-2"]
 
 
+async def test_a_deadline_ends_a_run_following_an_open_pipe(tmp_path: Path) -> None:
+    """--deadline bounds a run whose producer keeps its pipe open: it ends within the
+    deadline plus READ_AFTER_DEADLINE_S, the id it read ended, the pipe still open."""
+    from batchpoll.engine import READ_AFTER_DEADLINE_S
+
+    out = tmp_path / "out.jsonl"
+    async with running_simulator(AT_ONCE) as sim:
+        with descriptors(*os.pipe()) as fds:
+            cmd = command(sim, "-", "-o", str(out), "--deadline", "2")
+            async with child(cmd, tmp_path, stdin=fds[0]) as proc:
+                os.close(fds[0])
+                fds[0] = -1
+                os.write(fds[1], b"follow-1\n")
+                with anyio.fail_after(15 + READ_AFTER_DEADLINE_S):  # start-up included
+                    assert await proc.wait() == 0
+    assert [r["progress_id"] for r in whole_records(out)] == ["follow-1"]
+
+
 @pytest.mark.parametrize(
     ("terminal", "signum", "code"),
     [(False, signal.SIGTERM, 143), (True, signal.SIGINT, 130)],
