@@ -121,6 +121,23 @@ def _refuse_doubles(named: list[tuple[str, str, FileId | None]]) -> None:
             spelt[where] = f"{part} {path}"
 
 
+def _held_by_other(fd: int) -> str | None:
+    """Who holds an exclusive lock on *fd*'s file ("process N"), or None when nobody does.
+
+    A shared lock is refused while anyone holds the exclusive one, and is let go at once
+    otherwise (closing *fd* is the caller's): only the test is wanted.
+    """
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = _lock_holder(fd)
+        return f"process {holder}" if holder is not None else "another process"
+    except OSError:
+        return None
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    return None
+
+
 def _refuse_locked_stderr() -> None:
     """Refuse a stderr redirected into a file another run holds (its OUTPUT, say): the logs
     would land among its records and its next --resume would refuse the file."""
@@ -133,17 +150,13 @@ def _refuse_locked_stderr() -> None:
     except OSError:
         return
     try:
-        fcntl.flock(probe, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = _lock_holder(probe)
-        who = f"process {holder}" if holder is not None else "another process"
-        raise InputFileError(
-            f"standard error goes to a file {who} is writing: give the logs another place"
-        ) from None
-    except OSError:
-        return
+        who = _held_by_other(probe)
     finally:
         os.close(probe)
+    if who is not None:
+        raise InputFileError(
+            f"standard error goes to a file {who} is writing: give the logs another place"
+        )
 
 
 def _silence_stderr() -> None:
@@ -432,29 +445,21 @@ class OutputLock:
 
 
 def _refuse_locked_directory(path: str, part: str) -> None:
-    """Refuse *path* if its directory is another run's ``--split-by-status`` directory.
-
-    A shared lock is refused while anyone holds the exclusive one, and taken and let go at
-    once otherwise: only the test is wanted.
-    """
+    """Refuse *path* if its directory is another run's ``--split-by-status`` directory."""
     directory = os.path.dirname(os.path.realpath(path))
     try:
         dir_fd = os.open(directory, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return  # nothing to test: no other run can hold it either
     try:
-        fcntl.flock(dir_fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = _lock_holder(dir_fd)
-        who = f"process {holder}" if holder is not None else "another process"
+        who = _held_by_other(dir_fd)
+    finally:
+        os.close(dir_fd)
+    if who is not None:
         raise InputFileError(
             f"{part} {path} is in the --split-by-status directory of {who}, which writes the "
             "files there: give this run a file elsewhere"
-        ) from None
-    except OSError:
-        return
-    finally:
-        os.close(dir_fd)
+        )
 
 
 def _lock_holder(fd: int) -> int | None:
