@@ -81,6 +81,19 @@ def _signals_unwind() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
+def _signals_wait_for_reports(deferred: list[int]) -> None:
+    """From now on a first SIGINT/SIGTERM waits for the reports (its number is put in
+    *deferred*) and a second one ends the process at once, as ever."""
+
+    def wait_for_the_reports(signum: int, _frame: object) -> None:
+        if deferred:
+            raise SignalExit(signum)
+        deferred.append(signum)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, wait_for_the_reports)
+
+
 def run_settings(settings: Settings, input_path: str, *, overwrite: bool = False) -> int:
     """Run one poll job as the CLI does; return its exit code (see ``_run_settings``).
 
@@ -244,9 +257,10 @@ def _run_and_report(
         failure = exc
     finally:
         sink.close()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            # asyncio put back the default action when its loop closed.
-            signal.signal(sig, _raise_signal_exit)
+        # asyncio put back the default actions when its loop closed; the polling is over, and
+        # the summary and JUnit are written whatever comes now.
+        deferred: list[int] = []
+        _signals_wait_for_reports(deferred)
     code = _exit_code(stats, settings, failure)
     summary = stats.summary()
     summary["resumed"] = stats.resumed
@@ -262,6 +276,13 @@ def _run_and_report(
     except InputFileError:
         if failure is None:
             raise
+    if deferred and settings.summary:
+        # A signal came while the reports were written: they are whole, and the summary says
+        # how the process ends.
+        summary["exit_code"] = 128 + deferred[0]
+        _write_summary(settings.summary, summary, reports["--summary"])
+    if deferred:
+        raise SignalExit(deferred[0])
     if failure is not None:
         raise failure
     if lost := fdio.dropped():
@@ -272,7 +293,7 @@ def _run_and_report(
         fdio.write_text(sys.stderr, render(summary, width=shutil.get_terminal_size().columns))
     # A terminal or pipe nobody reads keeps what is left; nothing at exit waits on it.
     fdio.settle(fdio.EXIT_WAIT_S)
-    return code
+    return 128 + deferred[0] if deferred else code
 
 
 def _exit_code(stats: RunStats, settings: Settings, failure: BaseException | None) -> int:

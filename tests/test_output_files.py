@@ -586,3 +586,31 @@ def test_resume_and_overwrite_together_are_refused(
     ids = write_ids(tmp_path, ["cli-1"])
     err = refused(capsys, ids, "-o", str(tmp_path / "o.jsonl"), "--resume", "--overwrite")
     assert "give one of them" in err
+
+
+async def test_a_signal_while_the_reports_are_written_waits_for_them(tmp_path: Path) -> None:
+    """SIGTERM once the run is over and its reports are being written: they are finished
+    whole (JUnit too), the summary says 143, and the exit is 143."""
+    out = tmp_path / "done.jsonl"
+    out.write_bytes(
+        b"".join(
+            orjson.dumps({"progress_id": f"d-{i}", "status": "completed", "elapsed_s": 1.0}) + b"\n"
+            for i in range(60_000)
+        )
+    )
+    ids = write_ids(tmp_path, ["d-1"])
+    summary, junit = tmp_path / "s.json", tmp_path / "j.xml"
+    async with running_simulator(SIM) as sim:
+        cmd = [sys.executable, "-m", "batchpoll", *run(sim, ids, "-o", str(out), "--resume")]
+        cmd += ["--summary", str(summary), "--junit", str(junit), "--log-format", "json"]
+        async with await anyio.open_process(cmd, env=_child_env(tmp_path)) as proc:
+            assert proc.stderr is not None
+            seen = b""
+            with anyio.fail_after(20):
+                while b'"run_finished"' not in seen:
+                    seen += await proc.stderr.receive()
+            proc.send_signal(signal.SIGTERM)
+            with anyio.fail_after(10):
+                assert await proc.wait() == 143
+    assert json.loads(summary.read_bytes())["exit_code"] == 143
+    assert junit.read_bytes().rstrip().endswith(b"</testsuites>")
