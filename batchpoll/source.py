@@ -154,11 +154,6 @@ class LineSplitter:
         Raises ``InputFileError`` for input that starts with a UTF-16 byte order mark (what
         Windows PowerShell 5 writes with ``>``): read as UTF-8, every line would be invalid.
         """
-        if self._first and not self._parts and chunk.startswith(_UTF16_BOMS):
-            raise InputFileError(
-                "the input is UTF-16 (it starts with a UTF-16 byte order mark) and batchpoll "
-                "reads UTF-8: convert it first, e.g. iconv -f UTF-16 -t UTF-8"
-            )
         *complete, rest = chunk.split(b"\n")
         lines = []
         for piece in complete:
@@ -190,6 +185,11 @@ class LineSplitter:
         self._size = 0
         if self._first:
             self._first = False
+            if line.startswith(_UTF16_BOMS):
+                raise InputFileError(
+                    "the input is UTF-16 (it starts with a UTF-16 byte order mark) and "
+                    "batchpoll reads UTF-8: convert it first, e.g. iconv -f UTF-16 -t UTF-8"
+                )
             # An over-long first line keeps its BOM so that it still reads as over-long.
             if len(line) <= MAX_LINE_BYTES:
                 line = line.removeprefix(_BOM)
