@@ -121,12 +121,17 @@ def _refuse_doubles(named: list[tuple[str, str, FileId | None]]) -> None:
             spelt[where] = f"{part} {path}"
 
 
-def _held_by_other(fd: int) -> str | None:
-    """Who holds an exclusive lock on *fd*'s file ("process N"), or None when nobody does.
+def _held_by_other(path: str) -> str | None:
+    """Who holds an exclusive lock on the file or directory *path* ("process N"), or None
+    when nobody does or it cannot be opened (then nobody else can hold it either).
 
     A shared lock is refused while anyone holds the exclusive one, and is let go at once
-    otherwise (closing *fd* is the caller's): only the test is wanted.
+    otherwise: only the test is wanted.
     """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -134,7 +139,8 @@ def _held_by_other(fd: int) -> str | None:
         return f"process {holder}" if holder is not None else "another process"
     except OSError:
         return None
-    fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
     return None
 
 
@@ -144,16 +150,11 @@ def _refuse_locked_stderr() -> None:
     try:
         if not stat.S_ISREG(os.fstat(2).st_mode):
             return
-        # A new open file description on the same file (Linux), so the test cannot disturb
-        # descriptor 2's own; elsewhere there is nothing to test with.
-        probe = os.open("/proc/self/fd/2", os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return
-    try:
-        who = _held_by_other(probe)
-    finally:
-        os.close(probe)
-    if who is not None:
+    # A new open file description on the same file (Linux), so the test cannot disturb
+    # descriptor 2's own; elsewhere there is nothing to test with.
+    if (who := _held_by_other("/proc/self/fd/2")) is not None:
         raise InputFileError(
             f"standard error goes to a file {who} is writing: give the logs another place"
         )
@@ -446,16 +447,7 @@ class OutputLock:
 
 def _refuse_locked_directory(path: str, part: str) -> None:
     """Refuse *path* if its directory is another run's ``--split-by-status`` directory."""
-    directory = os.path.dirname(os.path.realpath(path))
-    try:
-        dir_fd = os.open(directory, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return  # nothing to test: no other run can hold it either
-    try:
-        who = _held_by_other(dir_fd)
-    finally:
-        os.close(dir_fd)
-    if who is not None:
+    if (who := _held_by_other(os.path.dirname(os.path.realpath(path)))) is not None:
         raise InputFileError(
             f"{part} {path} is in the --split-by-status directory of {who}, which writes the "
             "files there: give this run a file elsewhere"

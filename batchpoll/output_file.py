@@ -13,9 +13,9 @@ import gzip
 import os
 import sys
 import zlib
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO, Final
+from typing import Any, BinaryIO, Final, TypeVar
 
 import orjson
 
@@ -24,6 +24,7 @@ from .outfiles import STDIO, OutputLock, remove_stale_temporaries, replace_file
 from .records import ALL_STATUSES, record_key
 
 _CHUNK: Final = 64 * 1024
+_R = TypeVar("_R", bound=Mapping[str, Any])
 #: How every record line batchpoll writes begins (orjson keeps the keys' order).
 RECORD_START: Final = b'{"progress_id":'
 #: Lines per gzip member when a ``.gz`` OUTPUT is rewritten, so reading it back stays bounded.
@@ -185,19 +186,32 @@ def read_records(path: str, reading: Reading | None = None) -> Iterator[dict[str
     """
     reading = reading if reading is not None else Reading()
     tail = Tail()
-    seen: set[str] = set()
-    for line in read_lines(path, tail):
-        obj = parse_record(line)
-        if obj is None:
-            reading.not_records += 1
-            continue
-        key = record_key(obj["progress_id"], obj["status"], obj.get("input_sha256"))
-        if key in seen:
-            reading.duplicates += 1
-            continue
-        seen.add(key)
-        yield obj
+
+    def records() -> Iterator[dict[str, Any]]:
+        for line in read_lines(path, tail):
+            if (obj := parse_record(line)) is None:
+                reading.not_records += 1
+            else:
+                yield obj
+
+    yield from first_per_key(records(), reading)
     reading.torn = tail.torn
+
+
+def first_per_key(records: Iterable[_R], reading: Reading | None = None) -> Iterator[_R]:
+    """*records* with every later one of a key (``records.record_key``) left out, counted in
+    *reading*; items without a string ``progress_id`` and ``status`` pass as they are."""
+    seen: set[str] = set()
+    for record in records:
+        pid, status = record.get("progress_id"), record.get("status")
+        if isinstance(pid, str) and isinstance(status, str):
+            key = record_key(pid, status, record.get("input_sha256"))
+            if key in seen:
+                if reading is not None:
+                    reading.duplicates += 1
+                continue
+            seen.add(key)
+        yield record
 
 
 def _kept(path: str, retry_statuses: Collection[str]) -> Iterator[bytes]:

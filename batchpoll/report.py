@@ -14,8 +14,7 @@ from typing import Any, Final, TextIO
 
 import orjson
 
-from .output_file import Reading, read_records
-from .records import record_key
+from .output_file import Reading, first_per_key, read_records
 from .stats import CAUSES, Tally, exit_code
 
 #: Narrowest table ``render`` draws; narrower widths are treated as this.
@@ -76,19 +75,7 @@ def _tally(rows: Iterable[Row], fail_on: frozenset[str]) -> Tally:
 def summarize(records: Iterable[Mapping[str, Any]], fail_on: frozenset[str]) -> dict[str, Any]:
     """``Tally.facts()`` over *records*, as ``output_file.read_records`` gives them: one per
     key, the first (a key read again is counted once)."""
-    return _tally(_rows(_first_per_key(records)), fail_on).facts()
-
-
-def _first_per_key(records: Iterable[Mapping[str, Any]]) -> Iterator[Mapping[str, Any]]:
-    seen: set[str] = set()
-    for record in records:
-        pid, status = record.get("progress_id"), record.get("status")
-        if isinstance(pid, str) and isinstance(status, str):
-            key = record_key(pid, status, record.get("input_sha256"))
-            if key in seen:
-                continue
-            seen.add(key)
-        yield record
+    return _tally(_rows(first_per_key(records)), fail_on).facts()
 
 
 def report_main(path: str, *, as_json: bool, fail_on: frozenset[str], out: TextIO) -> int:
