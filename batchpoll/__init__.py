@@ -1,11 +1,11 @@
 """batchpoll: poll many Cekura progress ids at once, within the API's limits, losing none."""
 
+from ._api import poll_all
+from ._core.config import Secret, Settings
+from ._core.stats import RunStats
 from ._version import __version__ as __version__
-from .api import poll_all
-from .config import Secret, Settings
 from .errors import AuthRefused, BatchpollError, ConfigError, InputFileError, UsageError
 from .records import Record
-from .stats import RunStats
 
 __all__ = [
     "AuthRefused",

@@ -9,13 +9,13 @@ from typing import Any
 
 import structlog
 
-from batchpoll.client import ApiClient
-from batchpoll.config import Secret, Settings
-from batchpoll.engine import Engine
+from batchpoll._core.config import Secret, Settings
+from batchpoll._core.source import Item, iter_items
+from batchpoll._core.stats import RunStats
+from batchpoll._io.client import ApiClient
+from batchpoll._io.engine import Engine
 from batchpoll.records import Record
-from batchpoll.simulator import Simulator
-from batchpoll.source import Item, iter_items
-from batchpoll.stats import RunStats
+from batchpoll.simulator.server import Simulator
 
 KEY = "test-key-7c1d"
 
@@ -86,3 +86,16 @@ def by_id(records: Iterable[Record]) -> dict[str, Record]:
         assert rec.progress_id not in out, f"two records for {rec.progress_id!r}"
         out[rec.progress_id] = rec
     return out
+
+
+class FakeClock:
+    """Time that moves only when a test says so (seconds, starting at 1000 to be unremarkable)."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds

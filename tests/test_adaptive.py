@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from batchpoll.adaptive import Aimd
+from batchpoll._core.adaptive import Aimd
 
 
 def test_a_429_halves_the_rate_once_per_cooldown() -> None:

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from batchpoll.backoff import grow, jittered, parse_retry_after, retry_delay
+from batchpoll._core.backoff import grow, jittered, parse_retry_after, retry_delay
 
 FAST = settings(max_examples=200, deadline=None)
 NOW = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC).timestamp()

@@ -7,7 +7,7 @@ import math
 import anyio
 import pytest
 
-from batchpoll.channels import Handoff, Mailbox
+from batchpoll._io.channels import Handoff, Mailbox
 
 pytestmark = pytest.mark.anyio
 

@@ -17,9 +17,9 @@ import orjson
 import pytest
 from helpers import KEY
 
+from batchpoll._cli.run import GC_GEN0_THRESHOLD, collector_tuned
 from batchpoll.records import DEFAULT_FAIL_ON
-from batchpoll.runner import GC_GEN0_THRESHOLD, collector_tuned
-from batchpoll.simulator import SimSettings, Simulator, running_simulator, truth
+from batchpoll.simulator.server import SimSettings, Simulator, running_simulator, truth
 
 pytestmark = pytest.mark.anyio
 
@@ -396,7 +396,7 @@ def test_no_usage_error_echoes_what_was_typed(
     argv: list[str], needle: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Every usage error exits 2 naming the option, never the value typed after it."""
-    from batchpoll.cli import main
+    from batchpoll._cli.main import main
 
     assert main(argv) == 2
     out, err = capsys.readouterr()
@@ -407,7 +407,7 @@ def test_no_usage_error_echoes_what_was_typed(
 
 def test_no_parser_completes_a_prefix() -> None:
     """Abbreviations are off for the top parser and every command's parser."""
-    from batchpoll.cli import _parser
+    from batchpoll._cli.main import _parser
 
     parser = _parser(["simulate"])
     assert set(parser.commands) == {"run", "config", "report", "simulate", "demo"}

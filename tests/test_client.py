@@ -16,7 +16,7 @@ from aiohttp import web
 from helpers import FAST, KEY
 from raw_server import raw_server, response
 
-from batchpoll.client import MAX_BODY, ApiClient, classify, field_messages
+from batchpoll._io.client import MAX_BODY, ApiClient, classify, field_messages
 from batchpoll.errors import AuthRefused
 from batchpoll.records import Answer, Broken, NotFound, Rejected, Throttled, Transient
 
@@ -268,7 +268,7 @@ async def test_a_result_too_deep_to_write_is_broken() -> None:
 async def test_odd_values_in_an_answer_are_made_writable() -> None:
     """Huge integers, a session_id past 64 bits, a deep non-string error and a long mode all
     end up in an Answer whose record can be written."""
-    from batchpoll.body import MAX_WORD
+    from batchpoll._io.body import MAX_WORD
     from batchpoll.records import Record
 
     body = (
@@ -383,8 +383,8 @@ async def test_a_lying_head_ends_as_an_outcome(head: bytes) -> None:
 
 _BOMB_CHILD = """
 import asyncio, os, sys
-from batchpoll.client import ApiClient
-from batchpoll.config import Secret, Settings
+from batchpoll._io.client import ApiClient
+from batchpoll._core.config import Secret, Settings
 
 async def main():
     settings = Settings(api_key=Secret(os.environ["CEKURA_API_KEY"]), base_url=sys.argv[1],
@@ -451,7 +451,7 @@ async def test_a_retry_after_of_a_day_past_the_deadline_times_every_id_out_at_on
     ends timed_out without waiting for either."""
     import anyio
 
-    from batchpoll.simulator import SimSettings, running_simulator
+    from batchpoll.simulator.server import SimSettings, running_simulator
 
     sim_settings = SimSettings(api_key=KEY, rate_limit=1.0, retry_after="86400", pending=True)
     ids = [f"day-{i}" for i in range(10)]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from batchpoll.config import (
+from batchpoll._core.config import (
     OPTION_NAMES,
     MissingApiKey,
     Secret,
@@ -18,9 +18,9 @@ from batchpoll.config import (
     load_settings,
     masked_url,
 )
+from batchpoll._core.shard import Shard
 from batchpoll.errors import ConfigError, UsageError
 from batchpoll.records import ALL_STATUSES
-from batchpoll.shard import Shard
 
 DEFAULT_TOML = Path(__file__).resolve().parent.parent / "configs" / "default.toml"
 KEY = "sk-live-0123456789abcdef"

@@ -12,7 +12,7 @@ import pytest
 from helpers import KEY
 from test_config import load
 
-from batchpoll.config import MAX_CONFIG_BYTES, load_settings
+from batchpoll._core.config import MAX_CONFIG_BYTES, load_settings
 from batchpoll.errors import ConfigError
 
 

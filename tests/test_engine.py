@@ -9,7 +9,7 @@ from structlog.testing import capture_logs
 
 from batchpoll.errors import AuthRefused
 from batchpoll.records import TERMINAL_STATUSES
-from batchpoll.simulator import SimSettings, running_simulator, truth
+from batchpoll.simulator.server import SimSettings, running_simulator, truth
 
 pytestmark = pytest.mark.anyio
 
@@ -324,8 +324,8 @@ async def test_a_server_inventing_statuses_gets_a_bounded_number_logged() -> Non
     from aiohttp import web
     from helpers import FAST, items_of
 
-    from batchpoll.client import ApiClient
-    from batchpoll.engine import MAX_UNKNOWN_STATUSES, Engine
+    from batchpoll._io.client import ApiClient
+    from batchpoll._io.engine import MAX_UNKNOWN_STATUSES, Engine
 
     answered: dict[str, int] = {}
 

@@ -14,7 +14,7 @@ import anyio
 import pytest
 from anyio import wait_all_tasks_blocked
 
-from batchpoll import fdio
+from batchpoll._io import fdio
 
 pytestmark = pytest.mark.anyio
 

@@ -22,11 +22,11 @@ from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 from raw_server import RawServer, raw_server
 
-from batchpoll.client import ApiClient
-from batchpoll.engine import Engine
+from batchpoll._io.client import ApiClient
+from batchpoll._io.engine import Engine
+from batchpoll._io.sink import LineSink
 from batchpoll.errors import AuthRefused
 from batchpoll.records import Answer, Broken, NotFound, Record, Rejected, Throttled, Transient
-from batchpoll.sink import LineSink
 
 pytestmark = pytest.mark.anyio
 

@@ -9,8 +9,8 @@ from xml.etree import ElementTree as ET
 import orjson
 import pytest
 
+from batchpoll._views.junit import SKIPPED_STATUSES, write_junit
 from batchpoll.errors import InputFileError
-from batchpoll.junit import SKIPPED_STATUSES, write_junit
 from batchpoll.records import ALL_STATUSES, DEFAULT_FAIL_ON, Record
 
 

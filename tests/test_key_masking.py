@@ -14,9 +14,9 @@ import pytest
 from aiohttp import web
 from helpers import KEY
 
+from batchpoll._core.redact import MASK, json_needle, mask_value
+from batchpoll._io.sink import LineSink
 from batchpoll.records import Record
-from batchpoll.redact import MASK, json_needle, mask_value
-from batchpoll.sink import LineSink
 
 PATH = "/test_framework/v1/scenarios/scenario-agent-progress/"
 
@@ -169,7 +169,7 @@ async def test_a_server_echoing_the_key_gets_it_into_no_file_and_no_log(tmp_path
 
 def test_mask_text_masks_the_key_in_any_case() -> None:
     """Text a library may have case-folded (a URL's host) has the key masked in any case."""
-    from batchpoll.redact import mask_text
+    from batchpoll._core.redact import mask_text
 
     assert mask_text("http://sk_live_abcdef.example", "SK_Live_ABCdef") == "http://***.example"
     assert mask_text("nothing here", "SK_Live_ABCdef") == "nothing here"

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from batchpoll.lifecycle import (
+from batchpoll._core.lifecycle import (
     Policy,
     SharedMillisecond,
     Slot,

@@ -10,8 +10,8 @@ import orjson
 import structlog
 from helpers import FakeStream
 
-from batchpoll.fdio import outlet_for
-from batchpoll.logs import Redactor, configure, get_logger, use_console
+from batchpoll._io.fdio import outlet_for
+from batchpoll._io.logs import Redactor, configure, get_logger, use_console
 
 SECRET = "sk-live-0123456789"
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import anyio
 import pytest
 
-from batchpoll.cli import MAX_MESSAGE_CHARS, main, safe_message
-from batchpoll.config import HIDDEN
+from batchpoll._cli.main import MAX_MESSAGE_CHARS, main, safe_message
+from batchpoll._core.config import HIDDEN
 
 pytestmark = pytest.mark.anyio
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from batchpoll._io.outfiles import OutputLock, RunFiles, check_run_files, replace_file
 from batchpoll.errors import InputFileError
-from batchpoll.outfiles import OutputLock, RunFiles, check_run_files, replace_file
 
 
 def _no_tmp(folder: Path) -> list[str]:

@@ -19,8 +19,8 @@ import pytest
 from helpers import KEY
 from test_cli import FAST, batchpoll, ids_ending, lines, write_ids
 
-from batchpoll.cli import main
-from batchpoll.simulator import SimSettings, Simulator, running_simulator
+from batchpoll._cli.main import main
+from batchpoll.simulator.server import SimSettings, Simulator, running_simulator
 
 pytestmark = pytest.mark.anyio
 
@@ -328,7 +328,7 @@ def test_an_internal_error_still_writes_the_summary_then_raises(
 
     from helpers import FAST as SETTINGS
 
-    from batchpoll import runner
+    from batchpoll._cli import run as runner
 
     async def broken(*_args: object) -> None:
         raise RuntimeError("a bug")

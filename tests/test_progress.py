@@ -9,43 +9,24 @@ import re
 import sys
 import textwrap
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
 import pexpect
 import pytest
-import structlog
-from helpers import FakeStream
+from helpers import FakeClock, FakeStream
 from rich.console import Console
 
-from batchpoll import logs
-from batchpoll.progress import ProgressView, Rate, facts, wanted
+from batchpoll._core.stats import RunStats
+from batchpoll._io import logs
+from batchpoll._views.progress import ProgressView, Rate, facts, wanted
 from batchpoll.records import Record
-from batchpoll.stats import RunStats
 
 SECRET = "sk-live-0123456789"
 
 # CSI sequences (colour, cursor moves, erases, cursor show/hide) and the SGR (colour) subset.
 _CSI = re.compile(rb"\x1b\[[0-9;?]*[A-Za-z]")
 _SGR = re.compile(rb"\x1b\[([0-9;]*)m")
-
-
-class _FakeClock:
-    """Time that moves only when a test says so (seconds)."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture(autouse=True)
-def _reset_structlog() -> Iterator[None]:
-    """Each test configures logging afresh and leaves structlog's defaults behind."""
-    yield
-    structlog.reset_defaults()
 
 
 @pytest.fixture
@@ -108,7 +89,7 @@ def test_rate_is_rolling_so_a_pause_shows() -> None:
 
 def test_view_shows_every_fact(plain_env: None) -> None:
     """A frame shows done/total, percent, counts by status, rate, in flight, 429s and ETA."""
-    clock = _FakeClock()
+    clock = FakeClock()
     stats = RunStats()
     stats.started -= 100.0  # 100 s in: 50 of 200 done gives 150 more at 0.5/s, 300 s
     stats.ids, stats.input_done = 200, True
@@ -135,7 +116,7 @@ def test_view_shows_unknowns_as_question_marks(plain_env: None) -> None:
     stats = RunStats()
     stats.ids = 10
     finish(stats, 4, "completed")
-    text = rendered(ProgressView(stats, stream=FakeStream(False), clock=_FakeClock()))
+    text = rendered(ProgressView(stats, stream=FakeStream(False), clock=FakeClock()))
     assert "4/?" in text
     assert "ETA ?" in text
     assert "? req/s" in text
@@ -231,10 +212,10 @@ _CHILD = textwrap.dedent(
 
     import anyio
 
-    from batchpoll import logs
-    from batchpoll.progress import ProgressView, wanted
+    from batchpoll._io import logs
+    from batchpoll._views.progress import ProgressView, wanted
     from batchpoll.records import Record
-    from batchpoll.stats import RunStats
+    from batchpoll._core.stats import RunStats
 
     SECRET = "sk-live-pty-0123456789"
 

@@ -6,26 +6,14 @@ import itertools
 import math
 
 import pytest
+from helpers import FakeClock
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from batchpoll.ratelimit import HEADROOM, Gcra, paced
-from batchpoll.simulator import max_in_window
+from batchpoll._core.ratelimit import HEADROOM, Gcra, paced
+from batchpoll.simulator.server import max_in_window
 
 FAST = settings(max_examples=200, deadline=None)
-
-
-class FakeClock:
-    """Time that moves only when a test says so (seconds, starting at 1000 to be unremarkable)."""
-
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def sends(limiter: Gcra, times: list[float]) -> list[float]:

@@ -16,13 +16,13 @@ from redis.asyncio import Redis
 from redis_server import RedisServer, free_port, running_redis
 from structlog.testing import capture_logs
 
-from batchpoll.client import ApiClient
-from batchpoll.config import load_settings
-from batchpoll.engine import Engine
+from batchpoll._core.config import load_settings
+from batchpoll._io.client import ApiClient
+from batchpoll._io.engine import Engine
+from batchpoll._io.ratestore import Grant, SharedBudget
+from batchpoll._io.storescripts import keys_of
 from batchpoll.errors import ConfigError, RateStoreError
-from batchpoll.ratestore import Grant, SharedBudget
-from batchpoll.simulator import SimSettings, Simulator, max_in_window, running_simulator
-from batchpoll.storescripts import keys_of
+from batchpoll.simulator.server import SimSettings, Simulator, max_in_window, running_simulator
 
 pytestmark = pytest.mark.anyio
 

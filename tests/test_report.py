@@ -11,11 +11,11 @@ from typing import Any
 import orjson
 import pytest
 
+from batchpoll._core.stats import DEFAULT_FAIL_ON, RunStats
+from batchpoll._io.output_file import Reading, read_records
+from batchpoll._views.report import render, report_main, summarize
 from batchpoll.errors import InputFileError
-from batchpoll.output_file import Reading, read_records
 from batchpoll.records import Record
-from batchpoll.report import render, report_main, summarize
-from batchpoll.stats import DEFAULT_FAIL_ON, RunStats
 
 
 def sample() -> list[Record]:

@@ -13,9 +13,9 @@ import pytest
 from test_output_files import Refusal, refused  # noqa: F401  (a fixture)
 from test_sink import prepare
 
-from batchpoll.output_file import MEMBER_LINES, read_records
+from batchpoll._io.output_file import MEMBER_LINES, read_records
+from batchpoll._views.report import report_main
 from batchpoll.records import DEFAULT_FAIL_ON, Record
-from batchpoll.report import report_main
 
 
 def line(pid: str, status: str) -> bytes:

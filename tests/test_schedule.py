@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from batchpoll.schedule import TimingWheel
+from batchpoll._core.schedule import TimingWheel
 
 FAST = settings(max_examples=200, deadline=None)
 

@@ -10,8 +10,8 @@ from helpers import items_of
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from batchpoll.shard import MAX_SHARDS, Shard, owned, parse_shard, shard_from_env, shard_of
-from batchpoll.source import InvalidInput, Item
+from batchpoll._core.shard import MAX_SHARDS, Shard, owned, parse_shard, shard_from_env, shard_of
+from batchpoll._core.source import InvalidInput, Item
 
 pytestmark = pytest.mark.anyio
 

@@ -17,7 +17,7 @@ from helpers import KEY
 from redis.asyncio import Redis
 from redis_server import RedisServer, running_redis
 
-from batchpoll.simulator import SimSettings, Simulator, running_simulator
+from batchpoll.simulator.server import SimSettings, Simulator, running_simulator
 
 pytestmark = pytest.mark.anyio
 

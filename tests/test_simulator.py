@@ -19,7 +19,7 @@ import anyio
 import orjson
 import pytest
 
-from batchpoll.simulator import (
+from batchpoll.simulator.server import (
     NEVER,
     SDK_PATH,
     SimSettings,
@@ -408,7 +408,7 @@ def test_fault_rates_summing_to_one_are_accepted_despite_float_rounding() -> Non
 
 async def test_serve_announces_its_url_and_stops_on_sigint(session: aiohttp.ClientSession) -> None:
     """serve() prints where it listens, answers there, and returns on SIGINT."""
-    script = "from batchpoll.simulator import *; serve(SimSettings(), port=0)"
+    script = "from batchpoll.simulator.server import *; serve(SimSettings(), port=0)"
     with anyio.fail_after(20):
         async with await anyio.open_process([sys.executable, "-c", script]) as process:
             assert process.stderr is not None
@@ -427,7 +427,7 @@ async def test_serve_announces_its_url_and_stops_on_sigint(session: aiohttp.Clie
 
 async def test_stats_endpoint_reports_server_side_counts() -> None:
     """GET /__simulator/stats reports what the server counted, as JSON."""
-    from batchpoll.simulator import STATS_PATH
+    from batchpoll.simulator.server import STATS_PATH
 
     async with running_simulator(SimSettings()) as sim, aiohttp.ClientSession() as session:
         for i in range(3):
@@ -652,7 +652,7 @@ async def test_list_ids_answer_an_empty_json_array(session: aiohttp.ClientSessio
 
 async def test_stats_endpoint_reports_faults_by_kind(session: aiohttp.ClientSession) -> None:
     """GET /__simulator/stats counts injected faults by kind."""
-    from batchpoll.simulator import STATS_PATH
+    from batchpoll.simulator.server import STATS_PATH
 
     async with running_simulator(SimSettings(throttle_rate=1.0)) as sim:
         for _ in range(2):

@@ -12,8 +12,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from batchpoll.errors import InputFileError
-from batchpoll.source import (
+from batchpoll._core.source import (
     MAX_LINE_BYTES,
     InvalidInput,
     Item,
@@ -24,6 +23,7 @@ from batchpoll.source import (
     iter_items,
     parse_line,
 )
+from batchpoll.errors import InputFileError
 
 FAST = settings(max_examples=200, deadline=None)
 

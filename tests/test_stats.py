@@ -6,8 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from batchpoll.records import Record
-from batchpoll.stats import (
+from batchpoll._core.stats import (
     CAUSES,
     DEFAULT_FAIL_ON,
     FIRST_FAILED,
@@ -17,6 +16,7 @@ from batchpoll.stats import (
     exit_code,
     percentile,
 )
+from batchpoll.records import Record
 
 
 def test_facts_of_an_empty_tally_have_no_timings() -> None:

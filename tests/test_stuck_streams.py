@@ -21,7 +21,7 @@ import orjson
 import pytest
 from helpers import KEY
 
-from batchpoll.simulator import SimSettings, Simulator, running_simulator
+from batchpoll.simulator.server import SimSettings, Simulator, running_simulator
 
 pytestmark = pytest.mark.anyio
 
@@ -114,7 +114,7 @@ async def test_ids_on_an_open_pipe_are_polled_as_their_lines_arrive(tmp_path: Pa
 async def test_a_deadline_ends_a_run_following_an_open_pipe(tmp_path: Path) -> None:
     """--deadline bounds a run whose producer keeps its pipe open: it ends within the
     deadline plus READ_AFTER_DEADLINE_S, the id it read ended, the pipe still open."""
-    from batchpoll.engine import READ_AFTER_DEADLINE_S
+    from batchpoll._io.engine import READ_AFTER_DEADLINE_S
 
     out = tmp_path / "out.jsonl"
     async with running_simulator(AT_ONCE) as sim:
@@ -226,7 +226,7 @@ async def test_sigint_ends_a_run_whose_terminal_is_never_read(tmp_path: Path) ->
 async def test_a_record_for_a_sink_given_up_on_is_dropped_not_raised() -> None:
     """After a stop whose sink was given up on (the grace after a signal), handing over a
     record, waiting or not, drops it quietly: the id has no record, so --resume polls it."""
-    from batchpoll.engine import Engine
+    from batchpoll._io.engine import Engine
     from batchpoll.records import Record
 
     record = Record(progress_id="late", status="completed")

@@ -38,11 +38,11 @@ from typing import TYPE_CHECKING, Any, Final
 import anyio
 from structlog.typing import FilteringBoundLogger
 
+from .._core.backoff import retry_delay
+from .._core.config import masked_url
+from .._core.ratelimit import check_rate
+from ..errors import RateStoreError
 from . import storescripts as scripts
-from .backoff import retry_delay
-from .config import masked_url
-from .errors import RateStoreError
-from .ratelimit import check_rate
 from .storescripts import Reply, Unusable
 
 if TYPE_CHECKING:

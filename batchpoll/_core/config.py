@@ -23,8 +23,8 @@ from types import MappingProxyType
 from typing import Any, Final
 from urllib.parse import urlsplit
 
-from .errors import ConfigError, UsageError
-from .records import ALL_STATUSES, DEFAULT_FAIL_ON
+from ..errors import ConfigError, UsageError
+from ..records import ALL_STATUSES, DEFAULT_FAIL_ON
 from .shard import COUNT_ENV, INDEX_ENV, Shard, parse_shard, shard_from_env
 
 

@@ -19,8 +19,8 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final
 from xml.etree import ElementTree as ET
 
-from .errors import InputFileError
-from .outfiles import replace_file
+from .._io.outfiles import replace_file
+from ..errors import InputFileError
 from .report import Row, row_of
 
 #: Statuses shown as skipped (not passed, not failed) unless ``--fail-on`` names them.

@@ -21,15 +21,16 @@ import anyio.abc
 import orjson
 from structlog.typing import FilteringBoundLogger
 
-from . import fdio
-from .config import Settings, describe, shown
-from .errors import SIGPIPE_EXIT, BatchpollError, InputFileError, UsageError, find_error
-from .limits import fit_open_files
-from .outfiles import OutputLock, RunFiles, check_replaceable, check_run_files, replace_file
-from .output_file import Prior, prepare_output, read_lines, read_records
-from .redact import mask_value
-from .shard import owned
-from .sink import (
+from .._core.config import Settings, describe, shown
+from .._core.limits import fit_open_files
+from .._core.redact import mask_value
+from .._core.shard import owned
+from .._core.source import Item, aiter_items, item_key
+from .._core.stats import RunStats, exit_code
+from .._io import fdio
+from .._io.outfiles import OutputLock, RunFiles, check_replaceable, check_run_files, replace_file
+from .._io.output_file import Prior, prepare_output, read_lines, read_records
+from .._io.sink import (
     STDOUT,
     LineSink,
     RecordSink,
@@ -38,12 +39,11 @@ from .sink import (
     check_split_files,
     split_names,
 )
-from .source import Item, aiter_items, item_key
-from .stats import RunStats, exit_code
+from ..errors import SIGPIPE_EXIT, BatchpollError, InputFileError, UsageError, find_error
 
 if TYPE_CHECKING:
-    from .engine import Engine
-    from .progress import ProgressView
+    from .._io.engine import Engine
+    from .._views.progress import ProgressView
 
 _CHUNK = 64 * 1024
 #: Seconds the sink may take, after the first signal, to write the records of finished ids.
@@ -115,7 +115,7 @@ def _run_settings(settings: Settings, input_path: str, *, overwrite: bool) -> in
     error), the records received are in OUTPUT and the summary and JUnit files are written;
     an error is raised again after that, for the CLI to report.
     """
-    from . import logs
+    from .._io import logs
 
     if settings.junit and settings.output == STDOUT:
         raise UsageError("--junit needs -o OUTPUT: the report is built from the records written")
@@ -204,7 +204,7 @@ def _check_files(settings: Settings, input_path: str, *, overwrite: bool) -> Non
     if settings.summary is not None:
         check_replaceable(settings.summary, "--summary", looks_like_summary)
     if settings.junit is not None:
-        from .junit import looks_like_junit
+        from .._views.junit import looks_like_junit
 
         check_replaceable(settings.junit, "--junit", looks_like_junit)
 
@@ -235,7 +235,7 @@ def _run_and_report(
         secret=secret,
         fd=None if lock is None or settings.output == STDOUT else lock.fd,
     )
-    from . import progress
+    from .._views import progress
 
     live = progress.wanted(settings.progress, sys.stderr)
     view = progress.ProgressView(stats) if live else None
@@ -288,7 +288,7 @@ def _run_and_report(
     if lost := fdio.dropped():
         log.warning("log_lines_dropped", writes=lost, reason="stderr was not being read")
     if sys.stderr.isatty():
-        from .report import render
+        from .._views.report import render
 
         fdio.write_text(sys.stderr, render(summary, width=shutil.get_terminal_size().columns))
     # A terminal or pipe nobody reads keeps what is left; nothing at exit waits on it.
@@ -341,7 +341,7 @@ def loop_options() -> dict[str, bool]:
 
 
 def _write_junit(settings: Settings, secret: str | None, lock: OutputLock) -> None:
-    from .junit import write_junit
+    from .._views.junit import write_junit
 
     records = read_records(settings.output)
     if secret is not None:
@@ -359,15 +359,15 @@ async def _run_engine(
     view: ProgressView | None,
 ) -> None:
     # Imported here so `batchpoll --help` does not pay for aiohttp.
-    from .client import ApiClient
-    from .engine import HEARTBEAT_S, Engine
+    from .._io.client import ApiClient
+    from .._io.engine import HEARTBEAT_S, Engine
 
     # With the live view up, the heartbeat would only repeat what the bar shows.
     heartbeat_s = math.inf if view is not None else HEARTBEAT_S
     budget = None
     if settings.rate_store is not None:
         # First, so an unreachable store ends the run (exit 2) before any request.
-        from .ratestore import SharedBudget
+        from .._io.ratestore import SharedBudget
 
         budget = await SharedBudget.connect(
             settings.rate_store,

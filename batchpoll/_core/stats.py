@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from .records import DEFAULT_FAIL_ON, TERMINAL_STATUSES, Record
+from ..records import DEFAULT_FAIL_ON, TERMINAL_STATUSES, Record
 
 #: How many failed ids ``Tally.facts`` names; the rest are only counted.
 FIRST_FAILED: Final = 10

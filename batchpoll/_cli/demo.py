@@ -15,20 +15,20 @@ from pathlib import Path
 
 import anyio
 
-from . import progress
-from .client import ApiClient
-from .config import Secret, Settings, shown
-from .engine import Engine
-from .errors import InputFileError
-from .logs import configure, get_logger
-from .outfiles import OutputLock, check_replaceable, replace_file
-from .output_file import prepare_output, read_lines, record_of
-from .report import render
-from .runner import loop_options
-from .simulator import SimSettings, running_simulator
-from .sink import LineSink
-from .source import Item, item_key, iter_items
-from .stats import RunStats
+from .._core.config import Secret, Settings, shown
+from .._core.source import Item, item_key, iter_items
+from .._core.stats import RunStats
+from .._io.client import ApiClient
+from .._io.engine import Engine
+from .._io.logs import configure, get_logger
+from .._io.outfiles import OutputLock, check_replaceable, replace_file
+from .._io.output_file import prepare_output, read_lines, record_of
+from .._io.sink import LineSink
+from .._views import progress
+from .._views.report import render
+from ..errors import InputFileError
+from ..simulator.server import SimSettings, running_simulator
+from .run import loop_options
 
 _KEY = "demo-key"  # the simulator's own key; it never leaves the process
 

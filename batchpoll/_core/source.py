@@ -16,8 +16,8 @@ from typing import Final
 
 import orjson
 
-from .errors import InputFileError
-from .records import INVALID_KEY
+from ..errors import InputFileError
+from ..records import INVALID_KEY
 
 MAX_ID_CHARS: Final = 256
 # What str.isspace calls whitespace (sre tests the same Unicode property), in one C call

@@ -14,8 +14,7 @@ from datetime import UTC, datetime
 from random import Random
 from typing import Any
 
-from .backoff import grow, jittered, retry_delay
-from .records import (
+from ..records import (
     TERMINAL_STATUSES,
     Answer,
     Broken,
@@ -26,6 +25,7 @@ from .records import (
     Throttled,
     Transient,
 )
+from .backoff import grow, jittered, retry_delay
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -20,12 +20,12 @@ import aiohttp
 import orjson
 from yarl import URL
 
-from .backoff import parse_retry_after
+from .._core.backoff import parse_retry_after
+from .._core.config import Settings
+from .._core.redact import mask_text
+from ..errors import AuthRefused
+from ..records import Answer, Broken, NotFound, Outcome, Rejected, Throttled, Transient
 from .body import MAX_BODY, MAX_REASON, MAX_TEXT, MAX_WORD, as_text, clip, read_capped, unwritable
-from .config import Settings
-from .errors import AuthRefused
-from .records import Answer, Broken, NotFound, Outcome, Rejected, Throttled, Transient
-from .redact import mask_text
 
 #: How often overdue requests are looked for, as a share of the request timeout (and at most
 #: once a second): a request is abandoned between 1 and 1 + 1/8 timeouts after it started.

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Final
 
+from ..errors import ConfigError
 from .config import Settings
-from .errors import ConfigError
 
 #: Descriptors a run holds besides one socket per request in flight: the standard streams,
 #: INPUT, OUTPUT and a file per status with --split-by-status (about a dozen), the event loop's

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Final
 
-from .errors import InputFileError
+from ..errors import InputFileError
 
 STDIO: Final = "-"
 _TMP_SUFFIX: Final = ".batchpoll-tmp"

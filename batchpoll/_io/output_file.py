@@ -19,9 +19,9 @@ from typing import Any, BinaryIO, Final, TypeVar
 
 import orjson
 
-from .errors import InputFileError
+from ..errors import InputFileError
+from ..records import ALL_STATUSES, record_key
 from .outfiles import STDIO, OutputLock, remove_stale_temporaries, replace_file
-from .records import ALL_STATUSES, record_key
 
 _CHUNK: Final = 64 * 1024
 _R = TypeVar("_R", bound=Mapping[str, Any])

@@ -28,19 +28,19 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from structlog.typing import FilteringBoundLogger
 
-from .adaptive import Aimd
+from .._core.adaptive import Aimd
+from .._core.config import Settings
+from .._core.lifecycle import Policy, SharedMillisecond, Slot, advance, expired, finish, note_sent
+from .._core.ratelimit import Gcra, paced
+from .._core.schedule import TimingWheel
+from .._core.source import InvalidInput, Item
+from .._core.stats import Rate, RunStats, cause_of, facts
+from ..errors import BatchpollError, RateStoreError
+from ..records import IN_PROGRESS, Answer, Outcome, Record, Throttled, Transient
+from ..records import TERMINAL_STATUSES as TERMINAL
 from .channels import Handoff, Mailbox
-from .config import Settings
-from .errors import BatchpollError, RateStoreError
-from .lifecycle import Policy, SharedMillisecond, Slot, advance, expired, finish, note_sent
-from .ratelimit import Gcra, paced
 from .ratestore import SharedBudget
-from .records import IN_PROGRESS, Answer, Outcome, Record, Throttled, Transient
-from .records import TERMINAL_STATUSES as TERMINAL
-from .schedule import TimingWheel
 from .sink import SINK_BUFFER, RecordSink, write_records
-from .source import InvalidInput, Item
-from .stats import Rate, RunStats, cause_of, facts
 
 #: How many read ids may wait between the reader and the scheduler.
 READ_AHEAD: Final = 1024

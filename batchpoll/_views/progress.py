@@ -26,8 +26,8 @@ from rich.segment import Segment
 from rich.table import Table
 from rich.text import Text
 
-from . import fdio, logs
-from .stats import Facts, Rate, RunStats, facts
+from .._core.stats import Facts, Rate, RunStats, facts
+from .._io import fdio, logs
 
 _BAR_WIDTH: Final = 30
 #: Seconds close() waits for the ticker's last tick.

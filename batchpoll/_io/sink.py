@@ -18,12 +18,12 @@ import anyio
 import anyio.to_thread
 from anyio.streams.memory import MemoryObjectReceiveStream
 
+from .._core.redact import json_needle, masked_record
+from ..errors import InputFileError
+from ..records import ALL_STATUSES, Record
 from . import fdio
-from .errors import InputFileError
 from .outfiles import OutputLock, replace_file
 from .output_file import MEMBER_BYTES, encoded, is_gzip, record_of, scan_output
-from .records import ALL_STATUSES, Record
-from .redact import json_needle, masked_record
 
 STDOUT = "-"
 _CHUNK: Final = 64 * 1024

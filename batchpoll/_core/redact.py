@@ -13,7 +13,7 @@ from typing import Any, Final
 
 import orjson
 
-from .records import Record
+from ..records import Record
 
 MASK: Final = "***"
 

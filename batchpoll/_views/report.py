@@ -14,8 +14,8 @@ from typing import Any, Final, TextIO
 
 import orjson
 
-from .output_file import Reading, first_per_key, read_records
-from .stats import CAUSES, Tally, exit_code
+from .._core.stats import CAUSES, Tally, exit_code
+from .._io.output_file import Reading, first_per_key, read_records
 
 #: Narrowest table ``render`` draws; narrower widths are treated as this.
 MIN_WIDTH: Final = 40

@@ -9,10 +9,10 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from anyio.streams.memory import MemoryObjectSendStream
 
-from .config import Settings
+from ._core.config import Settings
+from ._core.source import items_of_ids
+from ._core.stats import RunStats
 from .records import Record
-from .source import items_of_ids
-from .stats import RunStats
 
 
 class _StreamSink:
@@ -54,9 +54,9 @@ async def poll_all(
     # Imported here so that importing batchpoll stays cheap (no aiohttp until it is used).
     import anyio
 
-    from .client import ApiClient
-    from .engine import Engine
-    from .logs import library_logger
+    from ._io.client import ApiClient
+    from ._io.engine import Engine
+    from ._io.logs import library_logger
 
     tx, rx = anyio.create_memory_object_stream[Record](1024)
     async with ApiClient(settings) as client, anyio.create_task_group() as tg:

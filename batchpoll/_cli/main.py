@@ -13,8 +13,7 @@ from typing import Any, NoReturn
 
 import orjson
 
-from . import __version__
-from .config import (
+from .._core.config import (
     HIDDEN,
     KEY_PLACES,
     KEY_SHAPE,
@@ -26,7 +25,8 @@ from .config import (
     load_settings,
     shown,
 )
-from .errors import SIGPIPE_EXIT, BatchpollError, InputFileError, UsageError, find_error
+from .._version import __version__
+from ..errors import SIGPIPE_EXIT, BatchpollError, InputFileError, UsageError, find_error
 
 #: Which of the standard descriptors (0, 1, 2) were closed when ``main`` started; each now
 #: holds os.devnull. Set once per ``main``, read by ``run`` to refuse ``-`` on a closed one.
@@ -233,7 +233,7 @@ def _parser(argv: Sequence[str] | None = None) -> _Parser:
     if "simulate" in (argv if argv is not None else sys.argv[1:]):
         # The simulator owns the list of its knobs; importing it (and aiohttp's server) only
         # for `simulate` keeps every other command starting fast.
-        from .simulator import add_knobs
+        from ..simulator.server import add_knobs
 
         add_knobs(sim)
     demo = sub.add_parser("demo", help="simulator + run in one process; prints a summary")
@@ -392,7 +392,7 @@ def _settings(args: argparse.Namespace, *, require_key: bool = True) -> Settings
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from .runner import run_settings
+    from .run import run_settings
 
     if args.input == "-" and 0 in closed_std:
         raise InputFileError("INPUT is - but stdin is closed: give a file of ids, or - < ids.txt")
@@ -424,8 +424,8 @@ def _cmd_config(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from .config import parse_statuses
-    from .report import report_main
+    from .._core.config import parse_statuses
+    from .._views.report import report_main
 
     fail_on = Settings().fail_on
     if args.fail_on is not None:
@@ -434,7 +434,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
-    from .simulator import serve, settings_from_args
+    from ..simulator.server import serve, settings_from_args
 
     try:
         serve(settings_from_args(args), host=args.host, port=args.port)

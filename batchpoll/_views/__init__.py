@@ -1,0 +1,1 @@
+"""What people read: the live bar, the summary and report tables, JUnit."""
