@@ -324,8 +324,9 @@ async def test_a_server_inventing_statuses_gets_a_bounded_number_logged() -> Non
     from aiohttp import web
     from helpers import FAST, items_of
 
+    from batchpoll._core.scheduler import MAX_UNKNOWN_STATUSES
     from batchpoll._io.client import ApiClient
-    from batchpoll._io.engine import MAX_UNKNOWN_STATUSES, Engine
+    from batchpoll._io.engine import Engine
 
     answered: dict[str, int] = {}
 

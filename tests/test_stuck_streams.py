@@ -226,14 +226,14 @@ async def test_sigint_ends_a_run_whose_terminal_is_never_read(tmp_path: Path) ->
 async def test_a_record_for_a_sink_given_up_on_is_dropped_not_raised() -> None:
     """After a stop whose sink was given up on (the grace after a signal), handing over a
     record, waiting or not, drops it quietly: the id has no record, so --resume polls it."""
-    from batchpoll._io.engine import Engine
+    from batchpoll._io.channels import send_shielded
     from batchpoll.records import Record
 
     record = Record(progress_id="late", status="completed")
     tx, rx = anyio.create_memory_object_stream[Record](0)
     async with anyio.create_task_group() as tg:
-        tg.start_soon(Engine._emit, tx, record)  # waits: nobody receives
+        tg.start_soon(send_shielded, tx, record)  # waits: nobody receives
         await anyio.wait_all_tasks_blocked()
         rx.close()  # the sink stage cancelled, as the grace does
-    await Engine._emit(tx, record)  # and once it is gone: no wait, no error
+    await send_shielded(tx, record)  # and once it is gone: no wait, no error
     tx.close()

@@ -360,7 +360,8 @@ async def _run_engine(
 ) -> None:
     # Imported here so `batchpoll --help` does not pay for aiohttp.
     from .._io.client import ApiClient
-    from .._io.engine import HEARTBEAT_S, Engine
+    from .._io.engine import Engine
+    from .._io.heartbeat import HEARTBEAT_S
 
     # With the live view up, the heartbeat would only repeat what the bar shows.
     heartbeat_s = math.inf if view is not None else HEARTBEAT_S

@@ -14,6 +14,9 @@ import math
 from collections import deque
 from typing import Any, Generic, TypeVar
 
+import anyio
+from anyio.streams.memory import MemoryObjectSendStream
+
 T = TypeVar("T")
 
 
@@ -110,3 +113,20 @@ class Handoff(Generic[T]):
         self._closed = True
         while self._idle:
             _release(self._idle.popleft())
+
+
+async def send_shielded(tx: MemoryObjectSendStream[T], item: T) -> None:
+    """Send *item*, even while the sender is being cancelled; drop it if nobody receives any more.
+
+    A finished record must reach the sink even while the run is cancelled. If the sink stage is
+    gone (a stop whose sink was stuck past its grace gave up on the records still waiting), the
+    record is not written, and ``--resume`` polls its id again: nothing is lost.
+    """
+    try:
+        try:
+            tx.send_nowait(item)
+        except anyio.WouldBlock:
+            with anyio.CancelScope(shield=True):
+                await tx.send(item)
+    except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+        pass
