@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import anyio
@@ -19,12 +19,28 @@ from structlog.testing import capture_logs
 from batchpoll._core.config import load_settings
 from batchpoll._io.client import ApiClient
 from batchpoll._io.engine import Engine
-from batchpoll._io.ratestore import Grant, SharedBudget
+from batchpoll._io.ratestore import SharedBudget
 from batchpoll._io.storescripts import keys_of
 from batchpoll.errors import ConfigError, RateStoreError
 from batchpoll.simulator.server import SimSettings, Simulator, max_in_window, running_simulator
 
 pytestmark = pytest.mark.anyio
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """One booked request: wait ``wait`` s from when it was handed out; ``send_at`` is the
+    time it is booked for on the store's clock (Unix s), which the window bound holds for."""
+
+    wait: float
+    send_at: float
+
+
+async def grant(shared: SharedBudget) -> Grant:
+    """Book one request as ``reserve`` does, with the store's send time as well."""
+    wait_us, now_us = await shared._book()
+    return Grant(wait=wait_us / 1e6, send_at=(now_us + wait_us) / 1e6)
+
 
 KEY = "test-budget"
 TAT, PAUSE, RATE = keys_of(KEY)
@@ -49,7 +65,7 @@ async def book(budgets: list[SharedBudget], tasks_each: int, grants: int) -> lis
 
     async def reserver(shared: SharedBudget) -> None:
         while len(times) < grants:
-            times.append((await shared.book()).send_at)
+            times.append((await grant(shared)).send_at)
 
     async with anyio.create_task_group() as tg:
         for shared in budgets:
@@ -88,8 +104,8 @@ async def test_pause_holds_every_budget_until_its_deadline(redis_server: RedisSe
     first, second, third = [await budget(redis_server, rate=1.0) for _ in range(3)]
     try:
         await first.pause(60)
-        a = await second.book()
-        b = await third.book()
+        a = await grant(second)
+        b = await grant(third)
     finally:
         for shared in (first, second, third):
             await shared.aclose()
@@ -206,11 +222,11 @@ async def test_lost_store_grants_nothing_then_resumes_within_the_bound(
     async def reserver(shared: SharedBudget) -> None:
         # Like the engine: book, hold the request until its time, send, book the next.
         while len(times) < 300:
-            grant = await shared.book()
-            times.append(grant.send_at)
+            g = await grant(shared)
+            times.append(g.send_at)
             if len(times) >= 100:
                 hundred.set()
-            await anyio.sleep(grant.wait)
+            await anyio.sleep(g.wait)
 
     with capture_logs() as logs:
         try:
@@ -290,7 +306,7 @@ async def test_a_store_refusing_mid_run_ends_booking_after_the_limit(
     redis_server: RedisServer, breaks: Callable[[Redis], Awaitable[object]], named: str
 ) -> None:
     """A store that starts refusing grants nothing, logs rate_store_refused once (not lost),
-    and book() raises RateStoreError once the refusals have lasted the limit."""
+    and reserve() raises RateStoreError once the refusals have lasted the limit."""
     raw = Redis.from_url(redis_server.url)
     shared = await SharedBudget.connect(
         redis_server.url, key=KEY, rate=100, burst=1, log=structlog.get_logger(),
@@ -301,7 +317,7 @@ async def test_a_store_refusing_mid_run_ends_booking_after_the_limit(
             assert await shared.reserve() == 0.0
             await breaks(raw)
             with anyio.fail_after(10), pytest.raises(RateStoreError) as caught:
-                await shared.book()
+                await shared.reserve()
         finally:
             await shared.aclose()
             await raw.aclose()
@@ -331,7 +347,7 @@ async def test_a_refusal_that_heals_within_the_limit_only_delays(
                 await raw.set(PAUSE, "abc")
 
                 async def book_one() -> None:
-                    grants.append(await shared.book())
+                    grants.append(await grant(shared))
 
                 tg.start_soon(book_one)
                 await until(not_reachable)

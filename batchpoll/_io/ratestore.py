@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
 from random import Random
 from typing import TYPE_CHECKING, Any, Final
 
@@ -75,18 +74,6 @@ SHARERS: Final = 1000
 
 def _wall_us() -> int:
     return time.time_ns() // 1000
-
-
-@dataclass(frozen=True, slots=True)
-class Grant:
-    """One booked request: wait ``wait`` seconds (>= 0) from when it was handed out, then send.
-
-    ``send_at`` is the time it is booked for on the store's clock (Unix seconds): the quantity
-    the window bound holds for, whatever each host's clock says.
-    """
-
-    wait: float
-    send_at: float
 
 
 class SharedBudget:
@@ -268,10 +255,11 @@ class SharedBudget:
         ``rate_store_back`` when it answers again) and returns only once a grant is booked.
         Raises RateStoreError once the store has refused every call for ``refusal_limit_s``.
         """
-        return (await self.book()).wait
+        wait_us, _ = await self._book()
+        return wait_us / 1e6
 
-    async def book(self) -> Grant:
-        """As :meth:`reserve`, with the send time the grant is booked for as well."""
+    async def _book(self) -> tuple[int, int]:
+        """As :meth:`reserve`, in microseconds, with the store's clock when it booked."""
         from redis.exceptions import RedisError
 
         failures = 0
@@ -288,7 +276,7 @@ class SharedBudget:
                 continue
             self._back()
             self._seen(reply)
-            return Grant(wait=reply.wait / 1e6, send_at=(reply.now + reply.wait) / 1e6)
+            return reply.wait, reply.now
 
     async def pause(self, seconds: float) -> None:
         """Hold every sharing process's grants for *seconds* from now, unless a later pause
