@@ -9,16 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from batchpoll._core.config import (
-    OPTION_NAMES,
-    MissingApiKey,
-    Secret,
-    Settings,
-    describe,
-    load_settings,
-    masked_url,
-)
+from batchpoll._core.apikey import MissingApiKey
+from batchpoll._core.config import Settings, describe
+from batchpoll._core.redact import Secret, masked_url
+from batchpoll._core.settings_table import OPTION_NAMES
 from batchpoll._core.shard import Shard
+from batchpoll._io.configfiles import load_settings
 from batchpoll.errors import ConfigError, UsageError
 from batchpoll.records import ALL_STATUSES
 

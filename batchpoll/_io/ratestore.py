@@ -38,8 +38,8 @@ import anyio
 from structlog.typing import FilteringBoundLogger
 
 from .._core.backoff import retry_delay
-from .._core.config import masked_url
 from .._core.ratelimit import check_rate
+from .._core.redact import masked_url
 from ..errors import RateStoreError
 from . import storescripts as scripts
 from .storescripts import Reply, Unusable

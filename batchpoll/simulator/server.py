@@ -79,7 +79,7 @@ import anyio
 import orjson
 from aiohttp import web
 
-from .._core.config import shown
+from .._core.redact import shown
 
 SDK_PATH: Final = "/test_framework/v1/scenarios-external/scenario-agent-progress"
 #: Where the server reports its own counts (not part of the Cekura API).
