@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 from ..errors import ConfigError, UsageError
 from ..records import DEFAULT_FAIL_ON
 from .apikey import CEKURA_FILE, KEY_PLACES, CekuraFile, KeyFile, find_key
-from .redact import Secret, masked_url, shown
+from .redact import MASK, Secret, masked_url, shown
 from .settings_table import KEY_FILE, OPTION_NAMES, RESOLVED, SPECS, parse_value
 from .shard import COUNT_ENV, INDEX_ENV, Shard, shard_from_env
 
@@ -290,7 +290,7 @@ def describe(settings: Settings) -> dict[str, object]:
         described[name] = value
     if settings.rate_store is not None:
         described["rate_store"] = masked_url(settings.rate_store)
-    described["api_key"] = None if settings.api_key is None else "***"
+    described["api_key"] = None if settings.api_key is None else MASK
     described["api_key_source"] = settings.api_key_source
     return described
 

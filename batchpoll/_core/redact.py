@@ -51,6 +51,11 @@ class Secret:
         return hash(self._value)
 
 
+def mask_exact(text: str, secret: str) -> str:
+    """*text* with every occurrence of *secret* (not empty), as written, as ``***``."""
+    return text.replace(secret, MASK) if secret in text else text
+
+
 def mask_value(value: Any, secret: str, *, objects: bool = False) -> Any:
     """*value* with every occurrence of *secret* in its strings (string dict keys too) as
     ``***``; *secret* must not be empty.
@@ -60,7 +65,7 @@ def mask_value(value: Any, secret: str, *, objects: bool = False) -> Any:
     exception or a path). Numbers, booleans and None always pass untouched.
     """
     if isinstance(value, str):
-        return value.replace(secret, MASK) if secret in value else value
+        return mask_exact(value, secret)
     if isinstance(value, MutableMapping):
         return {
             (mask_value(k, secret) if isinstance(k, str) else k): mask_value(
@@ -73,7 +78,7 @@ def mask_value(value: Any, secret: str, *, objects: bool = False) -> Any:
     if not objects or value is None or isinstance(value, int | float):  # bool is an int
         return value
     text = str(value)
-    return text.replace(secret, MASK) if secret in text else value
+    return mask_exact(text, secret) if secret in text else value
 
 
 def mask_text(text: str, secret: str | None) -> str:
