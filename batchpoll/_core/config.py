@@ -29,9 +29,9 @@ from .shard import COUNT_ENV, INDEX_ENV, Shard, shard_from_env
 class Settings:
     """Everything a run needs; times are seconds, ``rate`` is requests/second over all ids.
 
-    Values are validated by :func:`load_settings`, not here; every duration within
-    MIN_SECONDS..MAX_SECONDS. ``sources`` maps each option name
-    to where its value came from: ``default``, ``file PATH``, ``env NAME`` or ``flag --x``.
+    Values are validated by the merge (:func:`resolve`, :func:`settle`), not here; every
+    duration within MIN_SECONDS..MAX_SECONDS. ``sources`` maps each option name to where its
+    value came from: ``default``, ``file PATH``, ``env NAME`` or ``flag --x``.
     """
 
     output: str = "-"  # JSON-lines sink; "-" is stdout
@@ -172,7 +172,7 @@ def settle(
 _KUBERNETES_SOURCE: Final = f"env {INDEX_ENV}/{COUNT_ENV}"
 _ENV_PREFIX: Final = "BATCHPOLL_"
 #: Every BATCHPOLL_* variable batchpoll reads: one per option (see ``_find``), the shard
-#: count of an Indexed Job (``shard``), and the event loop choice (``runner.loop_options``).
+#: count of an Indexed Job (``shard``), and the event loop choice (``_cli.run.loop_options``).
 KNOWN_ENV: Final[frozenset[str]] = frozenset(
     [f"{_ENV_PREFIX}{name.upper()}" for name in RESOLVED] + [COUNT_ENV, "BATCHPOLL_LOOP"]
 )
