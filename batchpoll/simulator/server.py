@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
-import ipaddress
 import math
 import random
 import time
@@ -61,6 +60,7 @@ from urllib.parse import quote
 import orjson
 from aiohttp import web
 
+from .._core.loopback import is_loopback_host
 from .fates import answer, detail, progress_body
 from .policer import GcraPolicer
 from .settings import DEFAULT_SETTINGS, SimSettings, fault_rates, retry_forms
@@ -283,13 +283,9 @@ class Simulator:
 
 def bind_host(host: str) -> str:
     """*host* as an address to bind, or ValueError if it is not a loopback address."""
-    host = "127.0.0.1" if host == "localhost" else host
-    try:
-        if ipaddress.ip_address(host).is_loopback:
-            return host
-    except ValueError:
-        pass
-    raise ValueError(f"the simulator binds loopback only (127.0.0.1 or ::1), not {host!r}")
+    if not is_loopback_host(host):
+        raise ValueError(f"the simulator binds loopback only (127.0.0.1 or ::1), not {host!r}")
+    return "127.0.0.1" if host.lower() == "localhost" else host.removeprefix("[").removesuffix("]")
 
 
 @asynccontextmanager

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from dataclasses import dataclass
 from typing import Final
 from urllib.parse import urlsplit
+
+from .._core.loopback import is_loopback_host
 
 # A Retry-After form: delta-seconds (fractions allowed, as some servers send), "date", "none".
 RETRY_FORM: Final = re.compile(r"[0-9]+(\.[0-9]+)?|date|none")
@@ -98,10 +99,9 @@ def _loopback_http(url: str) -> bool:
     try:
         parts = urlsplit(url)
         _ = parts.port  # ValueError for a port that is not a number in range
-        host = parts.hostname or ""
-        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+    loopback = is_loopback_host(parts.hostname or "")
     return loopback and parts.scheme == "http" and not parts.query and not parts.fragment
 
 
