@@ -396,7 +396,7 @@ def test_fault_settings_are_validated(fields: dict[str, Any], match: str) -> Non
 
 def test_fault_rates_summing_to_one_are_accepted_despite_float_rounding() -> None:
     """Rates that add up to 1 are fine even when their float sum lands just above it."""
-    assert 0.2 + 0.4 + 0.3 + 0.1 > 1  # the order _fault_rates adds them in
+    assert 0.2 + 0.4 + 0.3 + 0.1 > 1  # the order fault_rates adds them in
     SimSettings(
         error_rate=0.2,
         drop_rate=0.4,

@@ -149,7 +149,8 @@ class Simulator:
         """A 429 with a Retry-After in one of the configured forms, picked at random."""
         self.stats.throttled_at.append(now)
         forms = self._retry_forms
-        # Draw only when there is a choice, so one form leaves the fault sequence as it was.
+        # Draw only when there is a choice: a single form costs no draw, so the faults a seed
+        # gives do not depend on how many 429s were sent.
         form = forms[int(self._faults.random() * len(forms))] if len(forms) > 1 else forms[0]
         if form == "none":
             return self._reply(429, _THROTTLED)
