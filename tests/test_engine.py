@@ -9,7 +9,7 @@ from structlog.testing import capture_logs
 
 from batchpoll.errors import AuthRefused
 from batchpoll.records import TERMINAL_STATUSES
-from batchpoll.simulator.server import SimSettings, running_simulator, truth
+from batchpoll.simulator import SimSettings, running_simulator, truth
 
 pytestmark = pytest.mark.anyio
 

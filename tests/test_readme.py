@@ -11,7 +11,7 @@ import anyio
 import pytest
 from helpers import KEY
 
-from batchpoll.simulator.server import SimSettings, running_simulator, truth
+from batchpoll.simulator import SimSettings, running_simulator, truth
 
 README = Path(__file__).parent.parent / "README.md"
 pytestmark = pytest.mark.anyio
