@@ -67,18 +67,26 @@ def internal(name: str, known: dict[str, Path]) -> str | None:
     return None
 
 
-def forbidden_reached(root: Path) -> list[str]:
-    """``core.module -> ... -> forbidden`` for every forbidden module the core reaches."""
+#: The simulator's pure parts: which answer an id gets, its policer, settings and counts.
+PURE_SIMULATOR = ("fates", "policer", "settings", "stats")
+FORBIDDEN_IN_PURE_SIMULATOR = frozenset({"asyncio", "aiohttp", "anyio"})
+
+
+def forbidden_reached(
+    root: Path, starts: tuple[str, ...] = ("_core",), forbidden: frozenset[str] = FORBIDDEN_IN_CORE
+) -> list[str]:
+    """``start -> ... -> forbidden`` for every forbidden module reached from *starts*
+    (modules or packages under *root*)."""
     known = modules(root)
-    top = root.name
-    starts = [m for m in known if m.startswith(f"{top}._core")]
+    prefixes = tuple(f"{root.name}.{s}" for s in starts)
+    starts = tuple(m for m in known if m.startswith(prefixes))
     found: list[str] = []
     for start in starts:
         seen, stack = {start}, [(start, [start])]
         while stack:
             mod, chain = stack.pop()
             for imported in imports_of(root, known[mod]):
-                if imported.split(".")[0] in FORBIDDEN_IN_CORE:
+                if imported.split(".")[0] in forbidden:
                     found.append(" -> ".join([*chain, imported]))
                 ours = internal(imported, known)
                 if ours is not None and ours not in seen:
@@ -120,6 +128,14 @@ def test_the_core_reaches_no_event_loop_socket_terminal_or_logger() -> None:
     assert forbidden_reached(PACKAGE) == []
 
 
+def test_the_simulator_s_pure_parts_reach_no_event_loop_or_http() -> None:
+    pure = tuple(f"simulator.{name}" for name in PURE_SIMULATOR)
+    assert forbidden_reached(PACKAGE, pure, FORBIDDEN_IN_PURE_SIMULATOR) == []
+    # ...and the same walk does see the server reach aiohttp.
+    server = forbidden_reached(PACKAGE, ("simulator.server",), FORBIDDEN_IN_PURE_SIMULATOR)
+    assert "batchpoll.simulator.server -> aiohttp" in server
+
+
 def test_each_layer_imports_only_the_layers_under_it() -> None:
     assert layer_violations(PACKAGE) == []
 
@@ -151,6 +167,14 @@ def test_a_forbidden_import_in_the_core_is_found(tree: Path, module: str, line: 
     reached = forbidden_reached(tree)
     assert reached
     assert all(r.startswith("batchpoll._core.") for r in reached)
+
+
+def test_a_loop_import_in_the_simulator_s_fates_is_found(tree: Path) -> None:
+    with (tree / "simulator" / "fates.py").open("a", encoding="utf-8") as f:
+        f.write("\nimport asyncio\n")
+    pure = tuple(f"simulator.{name}" for name in PURE_SIMULATOR)
+    reached = forbidden_reached(tree, pure, FORBIDDEN_IN_PURE_SIMULATOR)
+    assert reached == ["batchpoll.simulator.fates -> asyncio"]
 
 
 def test_a_forbidden_import_reached_through_another_module_is_found(tree: Path) -> None:
