@@ -10,7 +10,6 @@ The layers come in already read: ``_io.configfiles`` reads the files and the env
 from __future__ import annotations
 
 import difflib
-import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -20,6 +19,7 @@ from urllib.parse import urlsplit
 from ..errors import ConfigError, UsageError
 from ..records import DEFAULT_FAIL_ON
 from .apikey import CEKURA_FILE, KEY_PLACES, CekuraFile, KeyFile, find_key
+from .loopback import is_loopback_host
 from .redact import MASK, Secret, masked_url, shown
 from .settings_table import KEY_FILE, OPTION_NAMES, RESOLVED, SPECS, parse_value
 from .shard import COUNT_ENV, INDEX_ENV, Shard, shard_from_env
@@ -249,12 +249,7 @@ def _check_transport(values: Mapping[str, Any], sources: Mapping[str, str]) -> N
     parts = urlsplit(url)
     if parts.scheme != "http" or values.get("allow_insecure_http", False):
         return
-    host = parts.hostname or ""
-    try:
-        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = False
-    if not loopback:
+    if not is_loopback_host(parts.hostname or ""):
         raise ConfigError(
             "base_url",
             shown(url),
