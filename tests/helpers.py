@@ -9,7 +9,8 @@ from typing import Any
 
 import structlog
 
-from batchpoll._core.config import Secret, Settings
+from batchpoll._core.config import Settings
+from batchpoll._core.redact import Secret
 from batchpoll._core.source import Item, iter_items
 from batchpoll._core.stats import RunStats
 from batchpoll._io.client import ApiClient

@@ -384,7 +384,8 @@ async def test_a_lying_head_ends_as_an_outcome(head: bytes) -> None:
 _BOMB_CHILD = """
 import asyncio, os, sys
 from batchpoll._io.client import ApiClient
-from batchpoll._core.config import Secret, Settings
+from batchpoll._core.config import Settings
+from batchpoll._core.redact import Secret
 
 async def main():
     settings = Settings(api_key=Secret(os.environ["CEKURA_API_KEY"]), base_url=sys.argv[1],

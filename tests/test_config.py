@@ -9,16 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from batchpoll._core.config import (
-    OPTION_NAMES,
-    MissingApiKey,
-    Secret,
-    Settings,
-    describe,
-    load_settings,
-    masked_url,
-)
+from batchpoll._core.apikey import MissingApiKey
+from batchpoll._core.config import Settings, describe
+from batchpoll._core.redact import Secret
+from batchpoll._core.settings_table import OPTION_NAMES
 from batchpoll._core.shard import Shard
+from batchpoll._io.configfiles import load_settings
 from batchpoll.errors import ConfigError, UsageError
 from batchpoll.records import ALL_STATUSES
 
@@ -602,19 +598,6 @@ def test_cekura_config_without_api_key_is_no_key(tmp_path: Path) -> None:
         load(tmp_path, require_key=True)
 
 
-def test_secret_hides_its_value() -> None:
-    """A Secret prints as *** yet compares and reveals by value."""
-    secret = Secret(KEY)
-    assert repr(secret) == "Secret('***')"
-    assert str(secret) == f"{secret}" == "***"
-    assert secret.reveal() == KEY
-    assert secret == Secret(KEY)
-    assert secret != Secret("other")
-    assert secret != KEY
-    assert hash(secret) == hash(Secret(KEY))
-    assert not hasattr(secret, "__dict__")
-
-
 def test_key_never_shows_in_repr_or_describe(tmp_path: Path) -> None:
     """Neither repr(settings) nor describe() shows the key."""
     settings = load(tmp_path, env={"CEKURA_API_KEY": KEY})
@@ -898,23 +881,6 @@ def test_rate_store_password_never_shows(tmp_path: Path) -> None:
     settings = load(tmp_path, env={"BATCHPOLL_RATE_STORE": "redis://u:hunter2@h:1/0"})
     assert describe(settings)["rate_store"] == "redis://u:***@h:1/0"
     assert "hunter2" not in repr(settings)
-
-
-@pytest.mark.parametrize(
-    ("url", "masked"),
-    [
-        ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
-        ("redis://:pw@h:1/0", "redis://:***@h:1/0"),
-        ("redis://user:pw@h/0", "redis://user:***@h/0"),
-        ("redis://pw@h", "redis://***@h"),
-        ("redis://:p/w@h/0", "redis://:***@h/0"),
-        ("unix:///r.sock?db=0&password=pw", "unix:///r.sock?db=0&password=***"),
-    ],
-    ids=["none", "password", "user-and-password", "user-part-only", "unescaped-slash", "query"],
-)
-def test_masked_url_hides_passwords(url: str, masked: str) -> None:
-    """masked_url replaces a password (or a user part without one) by ***, nothing else."""
-    assert masked_url(url) == masked
 
 
 def test_password_on_the_command_line_is_warned_about(tmp_path: Path) -> None:

@@ -39,6 +39,14 @@ def test_redactor_masks_the_key_in_nested_values() -> None:
     assert out["headers"] == {"X-CEKURA-API-KEY": "***"}
 
 
+def test_redactor_masks_a_dict_key_holding_the_key_and_keeps_other_objects() -> None:
+    """A dict key holding the key is masked like a value; an object without it stays itself."""
+    clean = ValueError("timeout")
+    out = Redactor(SECRET)(None, "info", {"fields": {SECRET: 1}, "exc": clean})
+    assert out == {"fields": {"***": 1}, "exc": clean}
+    assert out["exc"] is clean
+
+
 def test_json_lines_at_the_chosen_level_with_the_key_masked() -> None:
     """JSON logs are one object per line, filtered by level, with the key masked."""
     stream = FakeStream(tty=False)

@@ -11,7 +11,7 @@ import anyio
 import pytest
 
 from batchpoll._cli.main import MAX_MESSAGE_CHARS, main, safe_message
-from batchpoll._core.config import HIDDEN
+from batchpoll._core.redact import HIDDEN
 
 pytestmark = pytest.mark.anyio
 

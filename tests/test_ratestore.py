@@ -16,8 +16,8 @@ from redis.asyncio import Redis
 from redis_server import RedisServer, free_port, running_redis
 from structlog.testing import capture_logs
 
-from batchpoll._core.config import load_settings
 from batchpoll._io.client import ApiClient
+from batchpoll._io.configfiles import load_settings
 from batchpoll._io.engine import Engine
 from batchpoll._io.ratestore import SharedBudget
 from batchpoll._io.storescripts import keys_of

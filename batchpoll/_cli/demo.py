@@ -15,7 +15,8 @@ from pathlib import Path
 
 import anyio
 
-from .._core.config import Secret, Settings, shown
+from .._core.config import Settings
+from .._core.redact import Secret, shown
 from .._core.source import Item, item_key, iter_items
 from .._core.stats import RunStats
 from .._io.client import ApiClient

@@ -13,18 +13,10 @@ from typing import Any, NoReturn
 
 import orjson
 
-from .._core.config import (
-    HIDDEN,
-    KEY_PLACES,
-    KEY_SHAPE,
-    MIN_KEY_CHARS,
-    SHOWN_CHARS,
-    Secret,
-    Settings,
-    describe,
-    load_settings,
-    shown,
-)
+from .._core.apikey import KEY_PLACES, MIN_KEY_CHARS
+from .._core.config import Settings, describe
+from .._core.redact import HIDDEN, KEY_SHAPE, SHOWN_CHARS, Secret, shown
+from .._io.configfiles import load_settings
 from .._version import __version__
 from ..errors import SIGPIPE_EXIT, BatchpollError, InputFileError, UsageError, find_error
 
@@ -424,7 +416,7 @@ def _cmd_config(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from .._core.config import parse_statuses
+    from .._core.settings_table import parse_statuses
     from .._views.report import report_main
 
     fail_on = Settings().fail_on

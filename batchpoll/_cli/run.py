@@ -21,9 +21,9 @@ import anyio.abc
 import orjson
 from structlog.typing import FilteringBoundLogger
 
-from .._core.config import Settings, describe, shown
+from .._core.config import Settings, describe
 from .._core.limits import fit_open_files
-from .._core.redact import mask_value
+from .._core.redact import mask_value, shown
 from .._core.shard import owned
 from .._core.source import Item, aiter_items, item_key
 from .._core.stats import RunStats, exit_code

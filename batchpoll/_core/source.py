@@ -18,6 +18,7 @@ import orjson
 
 from ..errors import InputFileError
 from ..records import INVALID_KEY
+from .redact import mask_exact
 
 MAX_ID_CHARS: Final = 256
 # What str.isspace calls whitespace (sre tests the same Unicode property), in one C call
@@ -124,8 +125,8 @@ def _invalid(
     text: str, reason: str, line_no: int, raw: bytes, forbidden: str | None = None
 ) -> InvalidInput:
     digest = hashlib.sha256(raw.strip()).hexdigest()
-    if forbidden and forbidden in text:
-        text = text.replace(forbidden, "***")
+    if forbidden:
+        text = mask_exact(text, forbidden)
     if len(text) > _MAX_TEXT_CHARS:
         text = text[: _MAX_TEXT_CHARS - 1] + "…"
     return InvalidInput(text=text, reason=reason, line_no=line_no, sha256=digest)

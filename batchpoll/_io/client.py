@@ -57,7 +57,7 @@ def classify(
         case 200 if "json" not in content_type and "json" not in content_type.lower():
             # An HTML error page from a proxy is not an answer, even if it parses.
             # Clipped: the header is the server's text, decoded with surrogateescape.
-            media_type = clip(_masked(content_type.partition(";")[0].strip(), secret), 200)
+            media_type = clip(mask_text(content_type.partition(";")[0].strip(), secret), 200)
             return Transient(reason=f"unreadable body: content type {media_type or 'missing'}")
         case 200:
             return parse_progress(body, secret)
@@ -72,10 +72,6 @@ def classify(
             return Broken(reason=f"HTTP {status} redirect without a usable Location")
         case _:
             return Transient(reason=f"HTTP {status}")
-
-
-def _masked(text: str, secret: str | None) -> str:
-    return text if secret is None else mask_text(text, secret)
 
 
 def parse_progress(body: bytes, secret: str | None = None) -> Outcome:
@@ -104,13 +100,13 @@ def parse_progress(body: bytes, secret: str | None = None) -> Outcome:
     # tests, not a call per field, as this runs on every poll. What is cut has the key masked
     # first, so no cut leaves a piece of it; whole occurrences are the sink's to mask.
     if len(status) > MAX_WORD:
-        status = clip(_masked(status, secret), MAX_WORD)
+        status = clip(mask_text(status, secret), MAX_WORD)
     if not isinstance(mode, str):
         mode = None
     elif len(mode) > MAX_WORD:
-        mode = clip(_masked(mode, secret), MAX_WORD)
+        mode = clip(mask_text(mode, secret), MAX_WORD)
     if error is not None and (type(error) is not str or len(error) > MAX_TEXT):
-        error = clip(_masked(as_text(error), secret))
+        error = clip(mask_text(as_text(error), secret))
     # type(), not isinstance(): bool is an int subclass.
     if session_id is not None and (
         type(session_id) is not int or not _INT64_MIN <= session_id <= _INT64_MAX
@@ -131,10 +127,10 @@ def field_messages(body: bytes, secret: str | None = None) -> str:
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
-        text = _masked(body[: 500 + 4 * len(secret or "")].decode("utf-8", "replace"), secret)
+        text = mask_text(body[: 500 + 4 * len(secret or "")].decode("utf-8", "replace"), secret)
         return clip(text[:500]) or "HTTP 400"
     if not isinstance(data, dict):
-        return clip(_masked(as_text(data), secret)[:500])
+        return clip(mask_text(as_text(data), secret)[:500])
     parts = []
     for field, messages in data.items():
         if isinstance(messages, list):
@@ -142,13 +138,13 @@ def field_messages(body: bytes, secret: str | None = None) -> str:
         else:
             text = as_text(messages)
         parts.append(f"{field}: {text}")
-    return clip(_masked(" | ".join(parts), secret)) or "HTTP 400"
+    return clip(mask_text(" | ".join(parts), secret)) or "HTTP 400"
 
 
 def _failure(exc: BaseException, secret: str | None) -> str:
     """An unexpected exception as a reason: its class, then its message, clipped and writable."""
     try:
-        message = _masked(str(exc), secret)
+        message = mask_text(str(exc), secret)
     except Exception:  # a broken __str__ must not break the boundary that reports it
         message = ""
     # One line: aiohttp's messages can span several.
@@ -172,9 +168,9 @@ def _shown_origin(url: URL, secret: str | None) -> str:
     The host is the server's text, lowercased by yarl: a key in it is masked in any case.
     """
     try:
-        return clip(_masked(str(url.origin()), secret), 200)
+        return clip(mask_text(str(url.origin()), secret), 200)
     except ValueError:
-        return clip(_masked(f"{url.scheme}:", secret), 200)
+        return clip(mask_text(f"{url.scheme}:", secret), 200)
 
 
 def _origin(url: URL) -> tuple[str | None, str | None, int | None]:
@@ -282,7 +278,7 @@ class ApiClient:
         except OSError as exc:
             return Transient(
                 reason=clip(
-                    _masked(f"{type(exc).__name__}: {exc.strerror or exc}", self._secret),
+                    mask_text(f"{type(exc).__name__}: {exc.strerror or exc}", self._secret),
                     MAX_REASON,
                 )
             )

@@ -15,24 +15,24 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Callable, Iterator, MutableMapping
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, TextIO
+from typing import TextIO
 
 import orjson
 import structlog
 from structlog.typing import EventDict, FilteringBoundLogger, Processor, WrappedLogger
 
+from .._core.redact import mask_value
 from . import fdio
-
-MASK = "***"
 
 #: Takes one rendered log line, without its newline.
 LineWriter = Callable[[str], None]
 
 
 class Redactor:
-    """Replaces every occurrence of the secret in string values (nested ones too)."""
+    """Replaces every occurrence of the secret in the event's values (nested ones too, and
+    any object whose text holds it): ``redact.mask_value``."""
 
     __slots__ = ("_secret",)
 
@@ -40,24 +40,10 @@ class Redactor:
         self._secret = secret or None
 
     def __call__(self, _logger: WrappedLogger, _name: str, event: EventDict) -> EventDict:
-        if self._secret is not None:
+        if (secret := self._secret) is not None:
             for key, value in event.items():
-                event[key] = self._clean(value)
+                event[key] = mask_value(value, secret, objects=True)
         return event
-
-    def _clean(self, value: Any) -> Any:
-        secret = self._secret
-        assert secret is not None
-        if isinstance(value, str):
-            return value.replace(secret, MASK) if secret in value else value
-        if isinstance(value, MutableMapping):
-            return {k: self._clean(v) for k, v in value.items()}
-        if isinstance(value, list | tuple):
-            return [self._clean(v) for v in value]
-        if isinstance(value, int | float | bool) or value is None:
-            return value
-        text = str(value)
-        return text.replace(secret, MASK) if secret in text else value
 
 
 def use_console(fmt: str, stream: TextIO) -> bool:

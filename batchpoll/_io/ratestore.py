@@ -38,8 +38,8 @@ import anyio
 from structlog.typing import FilteringBoundLogger
 
 from .._core.backoff import retry_delay
-from .._core.config import masked_url
 from .._core.ratelimit import check_rate
+from .._core.redact import mask_exact, masked_url
 from ..errors import RateStoreError
 from . import storescripts as scripts
 from .storescripts import Reply, Unusable
@@ -468,7 +468,7 @@ class SharedBudget:
         # Redis adds where in which script an error arose; our own errors carry a tag.
         text = text.split(" script: ", 1)[0].removeprefix("BATCHPOLL ").rstrip(". ")
         password = self._client.connection_pool.connection_kwargs.get("password")
-        return text.replace(password, "***") if isinstance(password, str) and password else text
+        return mask_exact(text, password) if isinstance(password, str) and password else text
 
 
 def _unreachable(exc: BaseException) -> bool:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import anyio
 
-from .._core.config import shown
+from .._core.redact import shown
 from .server import bind_host, running_simulator
 from .settings import DEFAULT_SETTINGS, RETRY_FORM, SimSettings
 
