@@ -3,7 +3,6 @@ unbounded echoed, the Cekura CLI's file read only when needed, and settings that
 
 from __future__ import annotations
 
-import ast
 import os
 import sys
 from pathlib import Path
@@ -13,7 +12,6 @@ import pytest
 from helpers import KEY
 from test_config import load
 
-import batchpoll._core
 from batchpoll._core.apikey import CekuraFile, KeyFile
 from batchpoll._core.config import file_layer, given_layer, resolve, settle
 from batchpoll._io.configfiles import MAX_CONFIG_BYTES, load_settings
@@ -134,37 +132,6 @@ def test_settings_that_would_do_nothing_are_warned_about(tmp_path: Path) -> None
         env={"JOB_COMPLETION_INDEX": "3", "BATCHPOLL_SHARDS": "4"},
     )
     assert not any("retry_statuses" in w or "JOB_COMPLETION_INDEX" in w for w in quiet.warnings)
-
-
-# What reads a file or the environment: the shell's job (_io.configfiles), never the core's.
-_FILE_MODULES = frozenset({"os", "stat", "tomllib", "pathlib", "io", "shutil", "tempfile"})
-_FILE_NAMES = frozenset({"open"})
-_FILE_ATTRIBUTES = frozenset({"open", "environ", "getenv", "home", "read_text", "read_bytes"})
-
-
-def _file_access(source: str) -> list[str]:
-    """The file-reading imports and names in *source*, a module's text."""
-    found: list[str] = []
-    for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.Import):
-            found += [a.name for a in node.names if a.name.split(".")[0] in _FILE_MODULES]
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            found += [node.module] if node.module.split(".")[0] in _FILE_MODULES else []
-        elif isinstance(node, ast.Name) and node.id in _FILE_NAMES:
-            found.append(node.id)
-        elif isinstance(node, ast.Attribute) and node.attr in _FILE_ATTRIBUTES:
-            found.append(node.attr)
-    return found
-
-
-def test_the_core_reads_no_files_and_no_environment() -> None:
-    """No module of batchpoll._core imports a file module or names open/environ/home: the
-    layers reach the core already read."""
-    sample = "import tomllib\nfrom os import environ\nopen('x')\nPath.home()\nhome = 1\n"
-    assert _file_access(sample) == ["tomllib", "os", "open", "home"]
-    core = Path(batchpoll._core.__file__).parent
-    found = {path.name: _file_access(path.read_text()) for path in sorted(core.glob("*.py"))}
-    assert {name: names for name, names in found.items() if names} == {}
 
 
 def test_the_merge_takes_layers_already_read() -> None:

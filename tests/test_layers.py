@@ -145,6 +145,37 @@ def test_every_module_is_in_a_layer() -> None:
     assert layers <= {*RANKS, "simulator", "_api", "__init__", "__main__"}
 
 
+# What reads a file or the environment: the shell's job (_io.configfiles), never the core's.
+_FILE_MODULES = frozenset({"os", "stat", "tomllib", "pathlib", "io", "shutil", "tempfile"})
+_FILE_NAMES = frozenset({"open"})
+_FILE_ATTRIBUTES = frozenset({"open", "environ", "getenv", "home", "read_text", "read_bytes"})
+
+
+def _file_access(source: str) -> list[str]:
+    """The file-reading imports and names in *source*, a module's text."""
+    found: list[str] = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found += [a.name for a in node.names if a.name.split(".")[0] in _FILE_MODULES]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found += [node.module] if node.module.split(".")[0] in _FILE_MODULES else []
+        elif isinstance(node, ast.Name) and node.id in _FILE_NAMES:
+            found.append(node.id)
+        elif isinstance(node, ast.Attribute) and node.attr in _FILE_ATTRIBUTES:
+            found.append(node.attr)
+    return found
+
+
+def test_the_core_reads_no_files_and_no_environment() -> None:
+    """No module of batchpoll._core imports a file module or names open/environ/home: the
+    layers reach the core already read."""
+    sample = "import tomllib\nfrom os import environ\nopen('x')\nPath.home()\nhome = 1\n"
+    assert _file_access(sample) == ["tomllib", "os", "open", "home"]
+    core = PACKAGE / "_core"
+    found = {path.name: _file_access(path.read_text()) for path in sorted(core.glob("*.py"))}
+    assert {name: names for name, names in found.items() if names} == {}
+
+
 @pytest.fixture
 def tree(tmp_path: Path) -> Path:
     """A copy of the package to break."""
