@@ -13,7 +13,8 @@ import pytest
 from test_output_files import Refusal, refused  # noqa: F401  (a fixture)
 from test_sink import prepare
 
-from batchpoll._io.output_file import MEMBER_LINES, read_records
+from batchpoll._io.outfile.append import MEMBER_LINES
+from batchpoll._io.outfile.read import read_records
 from batchpoll._views.report import report_main
 from batchpoll.records import DEFAULT_FAIL_ON, Record
 
