@@ -14,8 +14,9 @@ from test_output_files import Refusal, refused  # noqa: F401  (a fixture)
 from test_sink import prepare
 
 from batchpoll._io.outfile.append import MEMBER_LINES
-from batchpoll._io.outfile.read import read_records
+from batchpoll._io.outfile.read import Reading, read_records
 from batchpoll._views.report import report_main
+from batchpoll.errors import InputFileError
 from batchpoll.records import DEFAULT_FAIL_ON, Record
 
 
@@ -83,3 +84,78 @@ def test_a_directory_as_output_is_one_clear_error_and_leaves_nothing(
     assert err.count("\n") == 1
     assert list(folder.iterdir()) == []
     assert [p.name for p in tmp_path.iterdir() if "batchpoll-tmp" in p.name] == []
+
+
+def _report(path: Path) -> tuple[dict[str, int], Reading]:
+    """What ``batchpoll report`` counts in *path*, and what its reader passed over."""
+    reading = Reading()
+    rows = list(read_records(str(path), reading))
+    by_status: dict[str, int] = {}
+    for row in rows:
+        by_status[row["status"]] = by_status.get(row["status"], 0) + 1
+    return by_status, reading
+
+
+@pytest.mark.parametrize("gz", [False, True], ids=["plain", "gzip"])
+def test_a_torn_tail_of_one_byte_is_cut_on_resume_and_left_out_by_report(
+    tmp_path: Path, gz: bool
+) -> None:
+    """One byte after the last whole line (``{``) or gzip member (its first header byte): report
+    leaves exactly that byte out, and --resume cuts exactly it and keeps the same records."""
+    whole = line("a", "completed") + line("b", "failed")
+    path = tmp_path / ("out.jsonl.gz" if gz else "out.jsonl")
+    data = gzip.compress(whole, mtime=0) if gz else whole
+    path.write_bytes(data + (b"\x1f" if gz else b"{"))
+    by_status, reading = _report(path)
+    assert (by_status, reading.torn, reading.not_records) == ({"completed": 1, "failed": 1}, 1, 0)
+    prior = prepare(path, resume=True)
+    assert (prior.statuses, prior.torn_bytes, prior.replaced) == (by_status, 1, 0)
+    assert path.read_bytes() == data
+    assert _report(path)[0] == by_status
+
+
+@pytest.mark.parametrize("tail", [b"x", b"}", b"["], ids=repr)
+def test_a_one_byte_tail_that_starts_no_record_is_refused_and_kept(
+    tmp_path: Path, tail: bytes
+) -> None:
+    """One byte that no batchpoll record begins with is not a torn record: --resume refuses the
+    file and leaves it whole, while report still counts the same whole records."""
+    whole = line("a", "completed")
+    path = tmp_path / "out.jsonl"
+    path.write_bytes(whole + tail)
+    with pytest.raises(InputFileError, match="its last 1 bytes are not the start"):
+        prepare(path, resume=True)
+    assert path.read_bytes() == whole + tail
+    assert _report(path)[0] == {"completed": 1}
+
+
+def _damage(member: bytes, where: str) -> bytes:
+    """*member* (one gzip member) with its CRC-32 or its length trailer broken, not cut."""
+    at = len(member) - (8 if where == "crc" else 4)
+    return member[:at] + bytes([member[at] ^ 0xFF]) + member[at + 1 :]
+
+
+@pytest.mark.parametrize("where", ["crc", "size"])
+@pytest.mark.parametrize("damaged", [0, 1, 2], ids=["first", "middle", "last"])
+def test_resume_refuses_a_damaged_gzip_member_and_changes_nothing(
+    tmp_path: Path,
+    refused: Refusal,  # noqa: F811
+    capsys: pytest.CaptureFixture[str],
+    damaged: int,
+    where: str,
+) -> None:
+    """--resume of a .gz OUTPUT with a whole but damaged member, even the last one: exit 2
+    naming the member's first byte, before any request, and the file byte for byte as it
+    was, so no record is lost (cut away) or doubled (polled again and appended)."""
+    members = [gzip.compress(line(f"cli-{i}", "completed"), mtime=0) for i in range(3)]
+    members[damaged] = _damage(members[damaged], where)
+    out = tmp_path / "out.jsonl.gz"
+    out.write_bytes(b"".join(members))
+    ids = tmp_path / "ids.txt"
+    ids.write_text("cli-0\ncli-1\ncli-2\ncli-3\n")
+    err = refused(capsys, ids, "-o", str(out), "--resume")
+    offset = sum(len(m) for m in members[:damaged])
+    assert f"output {out} is not gzip, or is damaged at byte {offset}" in err
+    assert out.read_bytes() == b"".join(members)
+    with pytest.raises(InputFileError, match=f"damaged at byte {offset}$"):
+        list(read_records(str(out)))  # report refuses it too, rather than count a part
