@@ -51,6 +51,42 @@ def test_replace_atomically_leaves_the_old_file_and_no_tmp_on_any_failure(
     assert _no_tmp(tmp_path) == []
 
 
+def test_replace_atomically_fsyncs_the_new_file_renames_it_then_fsyncs_the_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The new contents are whole and durable in a temporary file in the same directory before
+    the rename; until then the path holds the old contents whole; the directory is fsynced
+    after, so the rename survives a crash too."""
+    path = tmp_path / "summary.json"
+    path.write_bytes(b"old, whole")
+    events: list[tuple[str, str]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        real_fsync(fd)
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            events.append(("fsync dir", os.path.realpath(f"/proc/self/fd/{fd}")))
+        else:
+            events.append(("fsync file", os.pread(fd, 100, 0).decode()))
+
+    def replace(src: str, dst: str) -> None:
+        assert Path(dst).read_bytes() == b"old, whole"
+        assert os.path.dirname(src) == os.path.dirname(dst)
+        events.append(("rename", Path(src).read_bytes().decode()))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    replace_atomically(str(path), b"new, whole")
+    assert events == [
+        ("fsync file", "new, whole"),
+        ("rename", "new, whole"),
+        ("fsync dir", os.path.realpath(tmp_path)),
+    ]
+    assert path.read_bytes() == b"new, whole"
+    assert _no_tmp(tmp_path) == []
+
+
 def test_a_lock_is_refused_to_a_second_holder_and_follows_a_replace(tmp_path: Path) -> None:
     """A second lock on the file (even by another spelling) is refused, before and after the
     file was replaced under the first; closing the first frees it."""

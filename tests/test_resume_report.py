@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import gzip
 import io
+import os
 import zlib
 from pathlib import Path
+from xml.etree import ElementTree
 
 import orjson
 import pytest
-from test_output_files import Refusal, refused  # noqa: F401  (a fixture)
+from test_cli import SIM, batchpoll, ids_ending, run_args, write_ids
+from test_output_files import Refusal, leftovers, refused  # noqa: F401  (a fixture)
 from test_sink import prepare
 
 from batchpoll._io.outfile.append import MEMBER_LINES
@@ -18,6 +21,7 @@ from batchpoll._io.outfile.read import Reading, read_records
 from batchpoll._views.report import report_main
 from batchpoll.errors import InputFileError
 from batchpoll.records import DEFAULT_FAIL_ON, Record
+from batchpoll.simulator.server import running_simulator
 
 
 def line(pid: str, status: str) -> bytes:
@@ -159,3 +163,32 @@ def test_resume_refuses_a_damaged_gzip_member_and_changes_nothing(
     assert out.read_bytes() == b"".join(members)
     with pytest.raises(InputFileError, match=f"damaged at byte {offset}$"):
         list(read_records(str(out)))  # report refuses it too, rather than count a part
+
+
+@pytest.mark.anyio
+async def test_summary_and_junit_replace_the_old_files_whole_by_rename(tmp_path: Path) -> None:
+    """A rerun's --summary and --junit take the place of the old files by a rename: a reader
+    holding an old file still reads it whole, the paths hold the new ones whole, and no
+    temporary file is left (a file written in place would have changed under the reader)."""
+    ids = write_ids(tmp_path, [*ids_ending("completed", 3), *ids_ending("failed", 1)])
+    out, summary, junit = tmp_path / "out.jsonl", tmp_path / "summary.json", tmp_path / "j.xml"
+    async with running_simulator(SIM) as sim:
+        args = [*run_args(sim, ids, "-o", str(out)), "--summary", str(summary)]
+        args += ["--junit", str(junit)]
+        code, _, err = await batchpoll(args, tmp_path)
+        assert code == 1, err
+        requests = sim.stats.requests
+        first = {p: p.read_bytes() for p in (summary, junit)}
+        with summary.open("rb") as old_summary, junit.open("rb") as old_junit:
+            code, _, err = await batchpoll([*args, "--resume"], tmp_path)
+            assert code == 1, err
+            assert sim.stats.requests == requests  # every id was kept: nothing polled again
+            assert old_summary.read() == first[summary]
+            assert old_junit.read() == first[junit]
+            for old, new in ((old_summary, summary), (old_junit, junit)):
+                assert os.fstat(old.fileno()).st_ino != new.stat().st_ino
+    assert orjson.loads(first[summary])["resumed"] == 0
+    assert orjson.loads(summary.read_bytes())["resumed"] == 4
+    root = ElementTree.fromstring(junit.read_bytes())
+    assert (root.attrib["tests"], root.attrib["failures"]) == ("4", "1")
+    assert leftovers(tmp_path) == []
