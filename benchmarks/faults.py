@@ -25,7 +25,7 @@ from pathlib import Path
 import orjson
 from limits import KEY, run_checks, server_stats, simulator
 
-from batchpoll.simulator.server import SimSettings, truth
+from batchpoll.simulator import SimSettings, truth
 
 SEED = 21
 STORM = ["--error-rate", "0.2", "--drop-rate", "0.05", "--truncate-rate", "0.05"]

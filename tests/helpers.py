@@ -15,7 +15,7 @@ from batchpoll._core.stats import RunStats
 from batchpoll._io.client import ApiClient
 from batchpoll._io.engine import Engine
 from batchpoll.records import Record
-from batchpoll.simulator.server import Simulator
+from batchpoll.simulator import Simulator
 
 KEY = "test-key-7c1d"
 
@@ -99,3 +99,10 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
+
+
+def rate_between(arrivals: Iterable[float], start: float, end: float) -> float:
+    """*arrivals* (seconds) in ``[start, end]`` per second; ``end`` must be after ``start``."""
+    if end <= start:
+        raise ValueError("end must be after start")
+    return sum(start <= t <= end for t in arrivals) / (end - start)

@@ -9,7 +9,7 @@ import pytest
 from helpers import FAST, KEY
 
 import batchpoll
-from batchpoll.simulator.server import SimSettings, running_simulator, truth
+from batchpoll.simulator import SimSettings, running_simulator, truth
 
 pytestmark = pytest.mark.anyio
 

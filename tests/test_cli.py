@@ -19,7 +19,7 @@ from helpers import KEY
 
 from batchpoll._cli.run import GC_GEN0_THRESHOLD, collector_tuned
 from batchpoll.records import DEFAULT_FAIL_ON
-from batchpoll.simulator.server import SimSettings, Simulator, running_simulator, truth
+from batchpoll.simulator import SimSettings, Simulator, running_simulator, truth
 
 pytestmark = pytest.mark.anyio
 

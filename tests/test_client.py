@@ -451,7 +451,7 @@ async def test_a_retry_after_of_a_day_past_the_deadline_times_every_id_out_at_on
     ends timed_out without waiting for either."""
     import anyio
 
-    from batchpoll.simulator.server import SimSettings, running_simulator
+    from batchpoll.simulator import SimSettings, running_simulator
 
     sim_settings = SimSettings(api_key=KEY, rate_limit=1.0, retry_after="86400", pending=True)
     ids = [f"day-{i}" for i in range(10)]

@@ -20,7 +20,7 @@ from helpers import KEY
 from test_cli import FAST, batchpoll, ids_ending, lines, write_ids
 
 from batchpoll._cli.main import main
-from batchpoll.simulator.server import SimSettings, Simulator, running_simulator
+from batchpoll.simulator import SimSettings, Simulator, running_simulator
 
 pytestmark = pytest.mark.anyio
 

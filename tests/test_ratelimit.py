@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from batchpoll._core.ratelimit import HEADROOM, Gcra, paced
-from batchpoll.simulator.server import max_in_window
+from batchpoll.simulator import max_in_window
 
 FAST = settings(max_examples=200, deadline=None)
 

@@ -22,7 +22,7 @@ from batchpoll._io.engine import Engine
 from batchpoll._io.ratestore import SharedBudget
 from batchpoll._io.storescripts import keys_of
 from batchpoll.errors import ConfigError, RateStoreError
-from batchpoll.simulator.server import SimSettings, Simulator, max_in_window, running_simulator
+from batchpoll.simulator import SimSettings, Simulator, max_in_window, running_simulator
 
 pytestmark = pytest.mark.anyio
 

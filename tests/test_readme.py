@@ -11,7 +11,7 @@ import anyio
 import pytest
 from helpers import KEY
 
-from batchpoll.simulator.server import SimSettings, running_simulator, truth
+from batchpoll.simulator import SimSettings, running_simulator, truth
 
 README = Path(__file__).parent.parent / "README.md"
 pytestmark = pytest.mark.anyio
@@ -38,3 +38,23 @@ async def test_the_library_example_runs(tmp_path: Path) -> None:
         f"{pid} {truth(pid, sim_settings)[0]}" for pid in ("progress-id-1", "progress-id-2")
     )
     assert [" ".join(line.split()[:2]) for line in lines] == expected
+
+
+def module_map() -> str:
+    text = README.read_text(encoding="utf-8")
+    match = re.search(r"<!-- module map -->\n(.*?)<!-- /module map -->", text, re.S)
+    assert match, "the README lost its module map"
+    return match.group(1)
+
+
+def test_the_module_map_names_every_module_and_only_those() -> None:
+    """Each module of the package is in the README's map by its path, and no gone one is."""
+    package = README.parent / "batchpoll"
+    present = {
+        p.relative_to(package).as_posix()
+        for p in package.rglob("*.py")
+        if p.name not in {"__init__.py", "__main__.py"}
+    }
+    named = set(re.findall(r"`([\w/]+\.py)`", module_map()))
+    assert sorted(present - named) == [], "modules missing from the README's map"
+    assert sorted(named - present) == [], "the README's map names modules that are gone"

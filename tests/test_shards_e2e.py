@@ -13,11 +13,11 @@ from pathlib import Path
 import anyio
 import orjson
 import pytest
-from helpers import KEY
+from helpers import KEY, rate_between
 from redis.asyncio import Redis
 from redis_server import RedisServer, running_redis
 
-from batchpoll.simulator.server import SimSettings, Simulator, running_simulator
+from batchpoll.simulator import SimSettings, Simulator, running_simulator
 
 pytestmark = pytest.mark.anyio
 
@@ -86,7 +86,7 @@ def assert_every_id_once(outs: list[Path], sim: Simulator) -> None:
     # The figures the issue asks for; shown with `pytest -s`.
     print(
         f"\nworst 1-s window {sim.stats.max_in_window(1.0)}, combined rate "
-        f"{sim.stats.rate_between(arrivals[0], arrivals[-1]):.1f}/s over the busy span, "
+        f"{rate_between(arrivals, arrivals[0], arrivals[-1]):.1f}/s over the busy span, "
         f"{len(counts)} ids of {len(IDS)} with {sum(counts.values())} records"
     )
     assert set(counts) == set(IDS)

@@ -18,8 +18,9 @@ import aiohttp
 import anyio
 import orjson
 import pytest
+from helpers import rate_between
 
-from batchpoll.simulator.server import (
+from batchpoll.simulator import (
     NEVER,
     SDK_PATH,
     SimSettings,
@@ -299,10 +300,10 @@ def test_max_in_window_is_the_busiest_sliding_window(
 
 def test_rate_between_counts_arrivals_per_second() -> None:
     """rate_between divides the arrivals in [start, end] by the span's length."""
-    stats = SimStats(arrivals=[0.0, 1.0, 1.5, 2.0, 9.0])
-    assert stats.rate_between(1.0, 3.0) == 1.5
+    arrivals = [0.0, 1.0, 1.5, 2.0, 9.0]
+    assert rate_between(arrivals, 1.0, 3.0) == 1.5
     with pytest.raises(ValueError, match="after"):
-        stats.rate_between(3.0, 3.0)
+        rate_between(arrivals, 3.0, 3.0)
 
 
 def test_truth_distribution_is_plausible() -> None:
@@ -395,7 +396,7 @@ def test_fault_settings_are_validated(fields: dict[str, Any], match: str) -> Non
 
 def test_fault_rates_summing_to_one_are_accepted_despite_float_rounding() -> None:
     """Rates that add up to 1 are fine even when their float sum lands just above it."""
-    assert 0.2 + 0.4 + 0.3 + 0.1 > 1  # the order _fault_rates adds them in
+    assert 0.2 + 0.4 + 0.3 + 0.1 > 1  # the order fault_rates adds them in
     SimSettings(
         error_rate=0.2,
         drop_rate=0.4,
@@ -408,7 +409,7 @@ def test_fault_rates_summing_to_one_are_accepted_despite_float_rounding() -> Non
 
 async def test_serve_announces_its_url_and_stops_on_sigint(session: aiohttp.ClientSession) -> None:
     """serve() prints where it listens, answers there, and returns on SIGINT."""
-    script = "from batchpoll.simulator.server import *; serve(SimSettings(), port=0)"
+    script = "from batchpoll.simulator import *; serve(SimSettings(), port=0)"
     with anyio.fail_after(20):
         async with await anyio.open_process([sys.executable, "-c", script]) as process:
             assert process.stderr is not None
@@ -427,7 +428,7 @@ async def test_serve_announces_its_url_and_stops_on_sigint(session: aiohttp.Clie
 
 async def test_stats_endpoint_reports_server_side_counts() -> None:
     """GET /__simulator/stats reports what the server counted, as JSON."""
-    from batchpoll.simulator.server import STATS_PATH
+    from batchpoll.simulator import STATS_PATH
 
     async with running_simulator(SimSettings()) as sim, aiohttp.ClientSession() as session:
         for i in range(3):
@@ -652,7 +653,7 @@ async def test_list_ids_answer_an_empty_json_array(session: aiohttp.ClientSessio
 
 async def test_stats_endpoint_reports_faults_by_kind(session: aiohttp.ClientSession) -> None:
     """GET /__simulator/stats counts injected faults by kind."""
-    from batchpoll.simulator.server import STATS_PATH
+    from batchpoll.simulator import STATS_PATH
 
     async with running_simulator(SimSettings(throttle_rate=1.0)) as sim:
         for _ in range(2):

@@ -21,7 +21,7 @@ import orjson
 import pytest
 from helpers import KEY
 
-from batchpoll.simulator.server import SimSettings, Simulator, running_simulator
+from batchpoll.simulator import SimSettings, Simulator, running_simulator
 
 pytestmark = pytest.mark.anyio
 

@@ -31,7 +31,7 @@ from .._io.outfile.replace import replace_atomically
 from .._views import progress
 from .._views.report import render
 from ..errors import InputFileError
-from ..simulator.server import SimSettings, running_simulator
+from ..simulator import SimSettings, running_simulator
 from .run import loop_options
 
 _KEY = "demo-key"  # the simulator's own key; it never leaves the process

@@ -233,7 +233,7 @@ def _parser(argv: Sequence[str] | None = None) -> _Parser:
     if "simulate" in (argv if argv is not None else sys.argv[1:]):
         # The simulator owns the list of its knobs; importing it (and aiohttp's server) only
         # for `simulate` keeps every other command starting fast.
-        from ..simulator.server import add_knobs
+        from ..simulator import add_knobs
 
         add_knobs(sim)
     demo = sub.add_parser("demo", help="simulator + run in one process; prints a summary")
@@ -434,7 +434,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
-    from ..simulator.server import serve, settings_from_args
+    from ..simulator import serve, settings_from_args
 
     try:
         serve(settings_from_args(args), host=args.host, port=args.port)

@@ -10,7 +10,6 @@ Pure: reads local files, never the network.
 from __future__ import annotations
 
 import difflib
-import ipaddress
 import math
 import os
 import re
@@ -25,6 +24,7 @@ from urllib.parse import urlsplit
 
 from ..errors import ConfigError, UsageError
 from ..records import ALL_STATUSES, DEFAULT_FAIL_ON
+from .loopback import is_loopback_host
 from .shard import COUNT_ENV, INDEX_ENV, Shard, parse_shard, shard_from_env
 
 
@@ -530,12 +530,7 @@ def _check_transport(values: Mapping[str, Any], sources: Mapping[str, str]) -> N
     parts = urlsplit(url)
     if parts.scheme != "http" or values.get("allow_insecure_http", False):
         return
-    host = parts.hostname or ""
-    try:
-        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = False
-    if not loopback:
+    if not is_loopback_host(parts.hostname or ""):
         raise ConfigError(
             "base_url",
             shown(url),
