@@ -24,7 +24,7 @@ from raw_server import RawServer, raw_server
 
 from batchpoll._io.client import ApiClient
 from batchpoll._io.engine import Engine
-from batchpoll._io.sink import LineSink
+from batchpoll._io.outfile.append import LineSink
 from batchpoll.errors import AuthRefused
 from batchpoll.records import Answer, Broken, NotFound, Record, Rejected, Throttled, Transient
 

@@ -15,7 +15,7 @@ from aiohttp import web
 from helpers import KEY
 
 from batchpoll._core.redact import MASK, json_needle, mask_value
-from batchpoll._io.sink import LineSink
+from batchpoll._io.outfile.append import LineSink
 from batchpoll.records import Record
 
 PATH = "/test_framework/v1/scenarios/scenario-agent-progress/"

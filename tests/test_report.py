@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from batchpoll._core.stats import DEFAULT_FAIL_ON, RunStats
-from batchpoll._io.output_file import Reading, read_records
+from batchpoll._io.outfile.read import Reading, read_records
 from batchpoll._views.report import render, report_main, summarize
 from batchpoll.errors import InputFileError
 from batchpoll.records import Record

@@ -9,9 +9,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from batchpoll._io.outfiles import OutputLock
-from batchpoll._io.output_file import Prior, prepare_output
-from batchpoll._io.sink import LineSink, SplitSink
+from batchpoll._io.outfile.append import LineSink
+from batchpoll._io.outfile.lock import OutputLock
+from batchpoll._io.outfile.repair import Prior, prepare_output
+from batchpoll._io.outfile.split import SplitSink
 from batchpoll.errors import InputFileError
 from batchpoll.records import Record
 
@@ -277,7 +278,7 @@ def test_a_gzip_bomb_as_output_is_refused_in_bounded_memory(tmp_path: Path) -> N
     import resource
     import zlib
 
-    from batchpoll._io.output_file import MAX_MEMBER_BYTES
+    from batchpoll._io.outfile.read import MAX_MEMBER_BYTES
 
     packer = zlib.compressobj(1, zlib.DEFLATED, 31)
     chunk = b"\n" * (1 << 20)
@@ -297,7 +298,7 @@ async def test_a_big_gzip_batch_is_written_in_bounded_members(tmp_path: Path) ->
     import gzip
     import zlib
 
-    from batchpoll._io.output_file import MEMBER_BYTES
+    from batchpoll._io.outfile.append import MEMBER_BYTES
 
     path = tmp_path / "out.jsonl.gz"
     sink = LineSink(str(path))

@@ -16,15 +16,19 @@ from pathlib import Path
 import anyio
 
 from .._core.config import Settings
+from .._core.recordline import record_of
 from .._core.redact import Secret, shown
 from .._core.source import Item, item_key, iter_items
 from .._core.stats import RunStats
 from .._io.client import ApiClient
 from .._io.engine import Engine
 from .._io.logs import configure, get_logger
-from .._io.outfiles import OutputLock, check_replaceable, replace_file
-from .._io.output_file import prepare_output, read_lines, record_of
-from .._io.sink import LineSink
+from .._io.outfile.append import LineSink
+from .._io.outfile.lock import OutputLock
+from .._io.outfile.plan import check_replaceable
+from .._io.outfile.read import read_lines
+from .._io.outfile.repair import prepare_output
+from .._io.outfile.replace import replace_atomically
 from .._views import progress
 from .._views.report import render
 from ..errors import InputFileError
@@ -48,7 +52,7 @@ def _write_ids(path: Path, n: int) -> None:
     check_replaceable(str(path), "demo ids file", lambda head: head.startswith(_IDS_HEADER))
     data = _IDS_HEADER + ("\n".join(lines) + "\n").encode()
     try:
-        replace_file(str(path), [data])
+        replace_atomically(str(path), data)
     except OSError as exc:
         raise InputFileError(f"cannot write {shown(str(path))}: {exc.strerror or exc}") from None
 

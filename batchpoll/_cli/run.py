@@ -28,17 +28,15 @@ from .._core.shard import owned
 from .._core.source import Item, aiter_items, item_key
 from .._core.stats import RunStats, exit_code
 from .._io import fdio
-from .._io.outfiles import OutputLock, RunFiles, check_replaceable, check_run_files, replace_file
-from .._io.output_file import Prior, prepare_output, read_lines, read_records
-from .._io.sink import (
-    STDOUT,
-    LineSink,
-    RecordSink,
-    SplitSink,
-    TeeSink,
-    check_split_files,
-    split_names,
-)
+from .._io.outfile.append import LineSink
+from .._io.outfile.lock import OutputLock
+from .._io.outfile.plan import STDIO as STDOUT
+from .._io.outfile.plan import RunFiles, check_replaceable, check_run_files
+from .._io.outfile.read import read_lines, read_records
+from .._io.outfile.repair import Prior, prepare_output
+from .._io.outfile.replace import replace_atomically
+from .._io.outfile.split import SplitSink, check_split_files, split_names
+from .._io.sink import RecordSink, TeeSink
 from ..errors import SIGPIPE_EXIT, BatchpollError, InputFileError, UsageError, find_error
 
 if TYPE_CHECKING:
@@ -461,9 +459,10 @@ async def _skip_done(items: AsyncIterator[Item], done: set[str]) -> AsyncIterato
 
 
 def _write_summary(path: str, summary: dict[str, Any], lock: OutputLock) -> None:
+    """Replace *path* with the summary as indented JSON, whole (``replace_atomically``)."""
     try:
         data = orjson.dumps(summary, option=orjson.OPT_INDENT_2) + b"\n"
-        replace_file(path, [data], keep_open=lock.adopt)
+        replace_atomically(path, data, keep_open=lock.adopt)
     except OSError as exc:
         raise InputFileError(f"cannot write summary {path}: {exc.strerror or exc}") from None
 

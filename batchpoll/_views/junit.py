@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final
 from xml.etree import ElementTree as ET
 
-from .._io.outfiles import replace_file
+from .._io.outfile.replace import replace_atomically
 from ..errors import InputFileError
 from .report import Row, row_of
 
@@ -55,7 +55,7 @@ def write_junit(
     keep_open: Callable[[int], None] | None = None,
 ) -> None:
     """Write *records* to *path* as JUnit XML, atomically (a temporary file renamed over it;
-    *keep_open* as in ``outfiles.replace_file``).
+    *keep_open* as in ``outfile.replace.replace_atomically``).
 
     Test case times are the records' ``elapsed_s`` (0 when never polled); the suite's time is
     their sum. Items that are not records (no string ``progress_id`` and ``status``) are left
@@ -107,7 +107,7 @@ def _write_atomically(
     tree.write(buffer, encoding="utf-8", xml_declaration=True)
     buffer.write(b"\n")
     try:
-        replace_file(path, [buffer.getvalue()], keep_open=keep_open)
+        replace_atomically(path, buffer.getvalue(), keep_open=keep_open)
     except OSError as exc:
         raise InputFileError(f"cannot write JUnit report {path}: {exc.strerror or exc}") from None
 

@@ -14,8 +14,9 @@ from typing import Any, Final, TextIO
 
 import orjson
 
+from .._core.recordline import record_fields
 from .._core.stats import CAUSES, Tally, exit_code
-from .._io.output_file import Reading, first_per_key, read_records
+from .._io.outfile.read import Reading, first_per_key, read_records
 
 #: Narrowest table ``render`` draws; narrower widths are treated as this.
 MIN_WIDTH: Final = 40
@@ -40,9 +41,9 @@ def row_of(record: Mapping[str, Any]) -> Row | None:
     Odd values are read leniently: a non-number ``elapsed_s`` counts as missing, a non-string
     ``error`` is shown as text, a non-string ``mode`` as missing.
     """
-    pid, status = record.get("progress_id"), record.get("status")
-    if not isinstance(pid, str) or not isinstance(status, str):
+    if (fields := record_fields(record)) is None:
         return None
+    pid, status = fields
     elapsed = record.get("elapsed_s")
     error = record.get("error")
     mode = record.get("mode")
@@ -73,7 +74,7 @@ def _tally(rows: Iterable[Row], fail_on: frozenset[str]) -> Tally:
 
 
 def summarize(records: Iterable[Mapping[str, Any]], fail_on: frozenset[str]) -> dict[str, Any]:
-    """``Tally.facts()`` over *records*, as ``output_file.read_records`` gives them: one per
+    """``Tally.facts()`` over *records*, as ``outfile.read.read_records`` gives them: one per
     key, the first (a key read again is counted once)."""
     return _tally(_rows(first_per_key(records)), fail_on).facts()
 
