@@ -7,21 +7,16 @@ and scripts are in ``storescripts``.
 A store can fail in two ways, and they are told apart:
 
 - **Unreachable** (connection refused or reset, a timeout, a server still loading): nothing is
-  granted; ``book`` retries with capped backoff and returns only once a grant is booked, so
+  granted; ``reserve`` retries with capped backoff and returns only once a grant is booked, so
   losing Redis slows a run down, never speeds it up. It may last as long as the run.
 - **Refusing** (an error reply: out of memory, read-only, a cluster slot elsewhere, an ACL, a
   value batchpoll did not write): also nothing granted, but a store that refuses rarely heals
-  by itself, so once every call has been refused for ``refusal_limit_s`` (30 s), ``book``
+  by itself, so once every call has been refused for ``refusal_limit_s`` (30 s), ``reserve``
   raises RateStoreError and the run ends (exit 2). At start, either ends the run at once.
 
-Each process remembers the latest ``tat`` and pause it has seen and sends them with every call,
-and re-writes a running pause every ``REPUBLISH_S`` (``keep_pause``), so a Redis restarted
-without its data cannot forget a pause or hand out again the capacity already booked.
-
-Times read from the store are bounded, as a stepped clock or a foreign value could otherwise
-stop every process for hours: a pause never lasts past ``LONGEST_PAUSE_S`` from now (it is cut
-to that), and a booking more than ``max(MIN_AHEAD_S, (burst + SHARERS) / rate)`` ahead is
-dropped; either is corrected in the store too, and logged (``rate_store_wait_capped``).
+Each process re-writes a running pause every ``REPUBLISH_S`` (``keep_pause``), so a Redis
+restarted without its data has it back; the calls themselves, and what their replies teach,
+are ``storelink``'s.
 
 The ``redis`` package is an optional extra (``pip install 'batchpoll[redis]'``), imported only
 when a store is connected.
@@ -32,16 +27,15 @@ from __future__ import annotations
 import math
 import time
 from random import Random
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final
 
 import anyio
 from structlog.typing import FilteringBoundLogger
 
 from .._core.backoff import retry_delay
-from .._core.ratelimit import check_rate
-from .._core.redact import mask_exact, masked_url
+from .._core.redact import masked_url
 from ..errors import RateStoreError
-from . import storescripts as scripts
+from .storelink import StoreLink
 from .storescripts import Reply, Unusable
 
 if TYPE_CHECKING:
@@ -59,21 +53,6 @@ REFUSAL_LIMIT_S: Final = 30.0
 #: Seconds between two re-writes of a running pause, so a store restarted empty has it back
 #: before a process that connects to it afterwards polls.
 REPUBLISH_S: Final = 0.1
-#: The longest pause batchpoll sets: backoff.parse_retry_after's cap on a Retry-After.
-LONGEST_PAUSE_S: Final = 6 * 3600.0
-# As the scripts take it: a second over, for a pause dated by this host's clock while lost.
-_LONGEST_US: Final = round((LONGEST_PAUSE_S + 1.0) * 1e6)
-# A booking further ahead than this is a stepped clock or a foreign value. Each process holds
-# at most one grant at a time (the engine books for the slot it holds), so a sane store is
-# never more than (sharing processes + burst) intervals ahead; SHARERS is a generous count of
-# those, and the floor keeps fast rates from calling a short wait suspect. Dropping a bad time
-# lets at most the grants then outstanding overlap new ones, once.
-MIN_AHEAD_S: Final = 60.0
-SHARERS: Final = 1000
-
-
-def _wall_us() -> int:
-    return time.time_ns() // 1000
 
 
 class SharedBudget:
@@ -85,25 +64,14 @@ class SharedBudget:
     """
 
     __slots__ = (
-        "_ahead_us",
-        "_burst",
-        "_client",
-        "_declared",
-        "_interval_us",
         "_key",
-        "_keys",
+        "_link",
         "_log",
         "_news",
-        "_offset_us",
-        "_pause_seen",
-        "_rate",
-        "_rate_warned",
         "_refusal_limit_s",
         "_refused_since",
         "_rng",
         "_shown",
-        "_tat_seen",
-        "_tolerance_us",
         "_trouble",
         "_trouble_since",
     )
@@ -121,33 +89,17 @@ class SharedBudget:
         refusal_limit_s: float = REFUSAL_LIMIT_S,
     ) -> None:
         """Use :meth:`connect`; this only wires an already made client."""
-        if burst < 1:
-            raise ValueError(f"burst must be >= 1, got {burst}")
-        self._client = client
+        self._link = StoreLink(client, key=key, rate=rate, burst=burst, log=log)
         self._shown = shown_url
         self._key = key
-        self._keys = scripts.keys_of(key)
         self._log = log
         self._rng = rng or Random()
-        self._burst = burst
-        check_rate(rate)
-        # What this process was told to book at, before any AIMD change: the rate compared
-        # with the other processes'.
-        self._declared = float(rate)
-        self._rate = 0.0
-        self._interval_us = self._tolerance_us = self._ahead_us = 0
-        self.set_rate(rate)
         self._refusal_limit_s = refusal_limit_s
-        # Server-time microseconds: the latest tat and pause deadline any reply showed us.
-        self._tat_seen = self._pause_seen = 0
-        # Server time minus local wall time (us), to date a pause set while the store is lost.
-        self._offset_us = 0
         # "lost" or "refused" from a failed call until one gets through; since when (monotonic
         # s), and since when every call was refused, with nothing unreachable in between.
         self._trouble: str | None = None
         self._trouble_since = 0.0
         self._refused_since: float | None = None
-        self._rate_warned = False
         # Set when a pause starts or moves out, to wake keep_pause; made by keep_pause.
         self._news: anyio.Event | None = None
 
@@ -207,12 +159,11 @@ class SharedBudget:
         try:
             # What the run needs, not a PING: both scripts load, and one runs, reading and
             # checking every key (a run started during a pause waits for it) and writing one.
-            for script in (scripts.RESERVE, scripts.PAUSE):
-                await client.script_load(script)
-            reply = await budget._call_pause(0)
+            await budget._link.load_scripts()
+            reply = await budget._link.call_pause(0)
         except (RedisError, OSError, Unusable) as exc:
             await client.aclose()
-            problem = budget._problem(exc)
+            problem = budget._link.problem(exc)
             if _unreachable(exc):
                 hint = "start Redis there, fix --rate-store, or run without it"
             else:
@@ -229,22 +180,16 @@ class SharedBudget:
     @property
     def rate(self) -> float:
         """Requests per second this process books at."""
-        return self._rate
+        return self._link.rate
 
     @property
     def burst(self) -> int:
         """Requests allowed back to back, over all sharing processes."""
-        return self._burst
+        return self._link.burst
 
     def set_rate(self, rate: float) -> None:
         """Book at *rate* requests per second from the next grant on (as ``Gcra.set_rate``)."""
-        check_rate(rate)
-        self._rate = rate
-        # Rounded up to whole microseconds, so rounding can only slow the rate down.
-        self._interval_us = math.ceil(1e6 / rate)
-        # tau of GCRA: (burst - 1) intervals is what lets `burst` requests through at once.
-        self._tolerance_us = (self._burst - 1) * self._interval_us
-        self._ahead_us = max(round(MIN_AHEAD_S * 1e6), (self._burst + SHARERS) * self._interval_us)
+        self._link.set_rate(rate)
 
     async def reserve(self) -> float:
         """Book one request in the shared budget; return seconds to wait before sending it.
@@ -265,7 +210,7 @@ class SharedBudget:
         failures = 0
         while True:
             try:
-                reply = await self._call_reserve()
+                reply = await self._link.call_reserve()
             except (RedisError, OSError, Unusable) as exc:
                 failures += 1
                 self._failed(exc)
@@ -289,7 +234,8 @@ class SharedBudget:
         if pause_us <= 0:
             return
         if not await self._try_pause(pause_us):
-            self._note_pause(_wall_us() + self._offset_us + pause_us)
+            self._link.note_pause(self._link.pause_from_now(pause_us))
+            self._wake_keeper()
 
     async def keep_pause(self, every: float = REPUBLISH_S) -> None:
         """Until cancelled: while a pause this process knows of runs, write it into the store
@@ -299,18 +245,18 @@ class SharedBudget:
         within *every* seconds of answering again. Never raises for a failing store.
         """
         while True:
-            left_s = self._pause_left_s()
+            left_s = self._link.pause_left_s()
             if left_s <= 0:
                 self._news = anyio.Event()
                 await self._news.wait()
                 continue
             await anyio.sleep(min(every, left_s))
-            if self._pause_left_s() > 0:
+            if self._link.pause_left_s() > 0:
                 await self._try_pause(0)
 
     async def aclose(self) -> None:
         """Close the connections to the store."""
-        await self._client.aclose()
+        await self._link.aclose()
 
     async def __aenter__(self) -> SharedBudget:
         return self
@@ -325,37 +271,19 @@ class SharedBudget:
 
     def __repr__(self) -> str:
         return (
-            f"SharedBudget(url={self._shown!r}, key={self._key!r}, rate={self._rate!r}, "
-            f"burst={self._burst!r}, trouble={self._trouble!r}, "
-            f"pause_left_s={max(0.0, round(self._pause_left_s(), 3))})"
+            f"SharedBudget(url={self._shown!r}, key={self._key!r}, rate={self.rate!r}, "
+            f"burst={self.burst!r}, trouble={self._trouble!r}, "
+            f"pause_left_s={max(0.0, round(self._link.pause_left_s(), 3))})"
         )
 
     # -- calls --------------------------------------------------------------------------------
-
-    async def _call_reserve(self) -> Reply:
-        args = (
-            self._interval_us,
-            self._tolerance_us,
-            self._tat_seen,
-            self._pause_seen,
-            self._ahead_us,
-            _LONGEST_US,
-            repr(self._declared),
-        )
-        raw = await self._eval(scripts.RESERVE, args)
-        most_wait_us = _LONGEST_US + self._ahead_us + self._interval_us
-        return scripts.read_reserve(raw, self._keys[2], most_wait_us)
-
-    async def _call_pause(self, pause_us: int) -> Reply:
-        args = (pause_us, self._pause_seen, _LONGEST_US, repr(self._declared))
-        return scripts.read_pause(await self._eval(scripts.PAUSE, args), self._keys[2])
 
     async def _try_pause(self, pause_us: int) -> bool:
         """Run PAUSE (*pause_us* from now, 0 to re-write what we know); whether it got through."""
         from redis.exceptions import RedisError
 
         try:
-            reply = await self._call_pause(pause_us)
+            reply = await self._link.call_pause(pause_us)
         except (RedisError, OSError, Unusable) as exc:
             self._failed(exc)
             return False
@@ -363,57 +291,16 @@ class SharedBudget:
         self._seen(reply)
         return True
 
-    async def _eval(self, script: str, args: tuple[int | str, ...]) -> Any:
-        """EVALSHA *script*, loading it first if the server lacks it (a restart empties its
-        script cache)."""
-        from redis.exceptions import NoScriptError
-
-        sha = scripts.sha(script)
-        try:
-            return await self._client.evalsha(sha, len(self._keys), *self._keys, *args)
-        except NoScriptError:
-            await self._client.script_load(script)
-            return await self._client.evalsha(sha, len(self._keys), *self._keys, *args)
-
-    # -- what replies and failures teach ------------------------------------------------------
-
     def _seen(self, reply: Reply) -> None:
-        if reply.cut > 0:
-            self._log.warning(
-                "rate_store_wait_capped",
-                key=self._key,
-                cut_s=round(reply.cut / 1e6, 3),
-                hint="a time in the store lay further ahead than batchpoll ever books "
-                "(a stepped clock or a value batchpoll did not write); it was cut back",
-            )
-            # The store holds the bounded times now; ours must not carry the old ones back.
-            self._pause_seen = reply.pause
-            if reply.tat:
-                self._tat_seen = reply.tat
-        else:
-            self._tat_seen = max(self._tat_seen, reply.tat)
-        self._note_pause(reply.pause)
-        self._offset_us = reply.now - _wall_us()
-        other = reply.other_rate
-        if other is not None and other != self._declared and not self._rate_warned:
-            self._rate_warned = True
-            self._log.warning(
-                "rate_store_rate_differs",
-                key=self._key,
-                rate=self._declared,
-                other_rate=other,
-                hint="processes sharing one --rate-key should give the same --rate: "
-                "each books at its own, so the total is neither",
-            )
+        self._link.seen(reply)
+        self._wake_keeper()
 
-    def _note_pause(self, deadline_us: int) -> None:
-        if deadline_us > self._pause_seen:
-            self._pause_seen = deadline_us
-        if self._news is not None and self._pause_left_s() > 0:
+    def _wake_keeper(self) -> None:
+        """A pause runs: keep_pause, if waiting for one, has work."""
+        if self._news is not None and self._link.pause_left_s() > 0:
             self._news.set()
 
-    def _pause_left_s(self) -> float:
-        return (self._pause_seen - _wall_us() - self._offset_us) / 1e6
+    # -- what failures teach ------------------------------------------------------------------
 
     def _failed(self, exc: BaseException) -> None:
         """Note a failed call: log when the store goes from answering (or from the other kind
@@ -434,14 +321,14 @@ class SharedBudget:
             self._log.warning(
                 "rate_store_lost",
                 url=self._shown,
-                error=self._problem(exc),
+                error=self._link.problem(exc),
                 hint="no request is granted until the store answers again",
             )
         else:
             self._log.warning(
                 "rate_store_refused",
                 url=self._shown,
-                error=self._problem(exc),
+                error=self._link.problem(exc),
                 hint="no request is granted; the run ends if the store refuses for "
                 f"{self._refusal_limit_s:g} s",
             )
@@ -451,7 +338,7 @@ class SharedBudget:
         if since is not None and time.monotonic() - since >= self._refusal_limit_s:
             raise RateStoreError(
                 f"the rate store {self._shown} refused every call for "
-                f"{self._refusal_limit_s:g} s: {self._problem(exc)}; fix the store, then "
+                f"{self._refusal_limit_s:g} s: {self._link.problem(exc)}; fix the store, then "
                 "run again with --resume to finish the remaining ids"
             )
 
@@ -461,14 +348,6 @@ class SharedBudget:
             down_s = time.monotonic() - self._trouble_since
             self._trouble = None
             self._log.info("rate_store_back", url=self._shown, down_s=round(down_s, 3))
-
-    def _problem(self, exc: BaseException) -> str:
-        """The error's text, or its type's name if it has none, without the store's password."""
-        text = str(exc) or type(exc).__name__
-        # Redis adds where in which script an error arose; our own errors carry a tag.
-        text = text.split(" script: ", 1)[0].removeprefix("BATCHPOLL ").rstrip(". ")
-        password = self._client.connection_pool.connection_kwargs.get("password")
-        return mask_exact(text, password) if isinstance(password, str) and password else text
 
 
 def _unreachable(exc: BaseException) -> bool:
